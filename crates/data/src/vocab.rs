@@ -1,0 +1,225 @@
+//! `Vocab`: raw categorical value → dense `u32` id, 0 reserved for padding.
+//!
+//! Ids follow the sorted order of the raw values (numeric for integer keys,
+//! byte order for strings), so a vocabulary depends only on the set of
+//! values, never on input order or thread count.
+
+use arrow_array::{Array, Int64Array, LargeStringArray, StringArray};
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The padding id: never a real value.
+pub const PAD: u32 = 0;
+
+/// Sorted distinct raw values; the id of `values[i]` is `i + 1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "values", rename_all = "lowercase")]
+pub enum Vocab {
+    /// Integer keys.
+    Int(Vec<i64>),
+    /// String keys.
+    Str(Vec<String>),
+}
+
+const CHUNK: usize = 1 << 16;
+
+impl Vocab {
+    /// A vocabulary of the distinct integers in `values`.
+    pub fn from_ints(values: &[i64]) -> Self {
+        let set = values
+            .par_chunks(CHUNK)
+            .fold(FxHashSet::default, |mut s, c| {
+                s.extend(c.iter().copied());
+                s
+            })
+            .reduce(FxHashSet::default, |mut a, b| {
+                if a.len() < b.len() {
+                    return b.into_iter().chain(a).collect();
+                }
+                a.extend(b);
+                a
+            });
+        let mut v: Vec<i64> = set.into_iter().collect();
+        v.par_sort_unstable();
+        Vocab::Int(v)
+    }
+
+    /// A vocabulary of the distinct strings in `values`.
+    pub fn from_strs<S: AsRef<str>>(values: impl IntoIterator<Item = S>) -> Self {
+        let set: FxHashSet<String> = values.into_iter().map(|s| s.as_ref().to_owned()).collect();
+        let mut v: Vec<String> = set.into_iter().collect();
+        v.sort_unstable();
+        Vocab::Str(v)
+    }
+
+    /// A vocabulary of the distinct values of arrow arrays (`Int64`, `Utf8` or
+    /// `LargeUtf8`; all of one kind). Nulls are not values and are skipped.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] on another array type or mixed kinds.
+    pub fn from_arrays(arrays: &[&dyn Array]) -> Result<Self> {
+        if arrays.iter().all(|a| a.as_any().is::<Int64Array>()) {
+            let mut all = Vec::new();
+            for a in arrays {
+                let a = a.as_any().downcast_ref::<Int64Array>().expect("checked");
+                if a.null_count() == 0 {
+                    all.extend_from_slice(a.values());
+                } else {
+                    all.extend(a.iter().flatten());
+                }
+            }
+            return Ok(Self::from_ints(&all));
+        }
+        let mut set = FxHashSet::default();
+        for a in arrays {
+            if let Some(s) = a.as_any().downcast_ref::<StringArray>() {
+                set.extend(s.iter().flatten().map(str::to_owned));
+            } else if let Some(s) = a.as_any().downcast_ref::<LargeStringArray>() {
+                set.extend(s.iter().flatten().map(str::to_owned));
+            } else {
+                return Err(Error::Invalid(format!(
+                    "vocabulary keys must all be Int64 or all strings, got {}",
+                    a.data_type()
+                )));
+            }
+        }
+        Ok(Self::from_strs(set))
+    }
+
+    /// Number of real ids (padding excluded).
+    pub fn len(&self) -> usize {
+        match self {
+            Vocab::Int(v) => v.len(),
+            Vocab::Str(v) => v.len(),
+        }
+    }
+
+    /// True when there are no real ids.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size of an embedding table over this vocabulary (`len() + 1`, padding included).
+    pub fn n_ids(&self) -> usize {
+        self.len() + 1
+    }
+
+    /// Id of an integer key.
+    pub fn id_int(&self, key: i64) -> Option<u32> {
+        match self {
+            Vocab::Int(v) => v.binary_search(&key).ok().map(|i| i as u32 + 1),
+            Vocab::Str(v) => v.binary_search_by(|s| s.as_str().cmp(&key.to_string())).ok().map(|i| i as u32 + 1),
+        }
+    }
+
+    /// Id of a string key (integer vocabularies parse it).
+    pub fn id_str(&self, key: &str) -> Option<u32> {
+        match self {
+            Vocab::Int(_) => key.trim().parse::<i64>().ok().and_then(|k| self.id_int(k)),
+            Vocab::Str(v) => v.binary_search_by(|s| s.as_str().cmp(key)).ok().map(|i| i as u32 + 1),
+        }
+    }
+
+    /// The raw value of `id`, as text; `None` for padding or out of range.
+    pub fn raw(&self, id: u32) -> Option<String> {
+        let i = (id as usize).checked_sub(1)?;
+        match self {
+            Vocab::Int(v) => v.get(i).map(i64::to_string),
+            Vocab::Str(v) => v.get(i).cloned(),
+        }
+    }
+
+    /// Encodes an arrow array of keys into ids, in parallel.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming `what` and the first row whose key is null
+    /// or not in the vocabulary, or an unsupported array type.
+    pub fn encode(&self, array: &dyn Array, what: &str) -> Result<Vec<u32>> {
+        let missing = |row: usize, key: String| {
+            Error::Invalid(format!("{what}: row {row}: key {key} is not in the vocabulary"))
+        };
+        if array.null_count() > 0 {
+            let row = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
+            return Err(Error::Invalid(format!("{what}: row {row}: key is missing (null)")));
+        }
+        match (self, array.as_any().downcast_ref::<Int64Array>()) {
+            (Vocab::Int(v), Some(a)) => {
+                let map: FxHashMap<i64, u32> =
+                    v.iter().enumerate().map(|(i, &k)| (k, i as u32 + 1)).collect();
+                let keys = a.values();
+                let mut out = vec![0u32; keys.len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(keys.par_chunks(CHUNK))
+                    .enumerate()
+                    .try_for_each(|(c, (o, k))| {
+                        for (j, (o, k)) in o.iter_mut().zip(k).enumerate() {
+                            *o = *map.get(k).ok_or_else(|| missing(c * CHUNK + j, k.to_string()))?;
+                        }
+                        Ok(())
+                    })?;
+                Ok(out)
+            }
+            _ => {
+                let get = |i: usize| -> Option<String> {
+                    let any = array.as_any();
+                    if let Some(s) = any.downcast_ref::<StringArray>() {
+                        Some(s.value(i).to_owned())
+                    } else if let Some(s) = any.downcast_ref::<LargeStringArray>() {
+                        Some(s.value(i).to_owned())
+                    } else {
+                        any.downcast_ref::<Int64Array>().map(|a| a.value(i).to_string())
+                    }
+                };
+                (0..array.len())
+                    .map(|i| {
+                        let key = get(i).ok_or_else(|| {
+                            Error::Invalid(format!("{what}: unsupported key type {}", array.data_type()))
+                        })?;
+                        self.id_str(&key).ok_or_else(|| missing(i, key))
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn ids_follow_sorted_values_and_reserve_zero() {
+        let v = Vocab::from_ints(&[30, 10, 20, 10, 30]);
+        assert_eq!(v, Vocab::Int(vec![10, 20, 30]));
+        assert_eq!(v.id_int(10), Some(1));
+        assert_eq!(v.id_int(30), Some(3));
+        assert_eq!(v.id_int(15), None);
+        assert_eq!(v.n_ids(), 4);
+        assert_eq!(v.raw(0), None);
+        assert_eq!(v.raw(2).as_deref(), Some("20"));
+    }
+
+    #[test]
+    fn encode_int_and_string_arrays() {
+        let a: Arc<dyn Array> = Arc::new(Int64Array::from(vec![5, -1, 5, 7]));
+        let v = Vocab::from_arrays(&[a.as_ref()]).unwrap();
+        assert_eq!(v.encode(a.as_ref(), "item").unwrap(), vec![2, 1, 2, 3]);
+        let s = StringArray::from(vec!["b", "a", "b"]);
+        let vs = Vocab::from_arrays(&[&s]).unwrap();
+        assert_eq!(vs.encode(&s, "seq").unwrap(), vec![2, 1, 2]);
+        let other = StringArray::from(vec!["c"]);
+        let err = vs.encode(&other, "seq").unwrap_err().to_string();
+        assert!(err.contains("row 0") && err.contains("c"), "{err}");
+    }
+
+    #[test]
+    fn vocab_round_trips_through_json() {
+        let v = Vocab::from_strs(["x", "y"]);
+        let j = serde_json::to_string(&v).unwrap();
+        assert_eq!(serde_json::from_str::<Vocab>(&j).unwrap(), v);
+    }
+}

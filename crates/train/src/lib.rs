@@ -1,0 +1,1 @@
+//! seqrec-train
