@@ -1,1 +1,62 @@
-fn main() {}
+//! `seqrec`: data | train | evaluate | recommend | bench.
+//!
+//! This binary owns the process concerns (arguments, logging, exit codes,
+//! `anyhow` errors with context); the libraries do the work.
+
+mod bench;
+mod data;
+mod resources;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Neural sequential recommenders: raw logs to trained models, metrics and top-K lists.
+#[derive(Debug, Parser)]
+#[command(name = "seqrec", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prepare, inspect and generate datasets.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Benchmarks that print a table and write JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter_or_info()
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Data(c) => data::run(c),
+        Command::Bench(c) => bench::run(c),
+    }
+}
+
+/// Log level from `SEQREC_LOG` (error, warn, info, debug, trace), info by default.
+trait LevelFromEnv {
+    fn with_env_filter_or_info(self) -> Self;
+}
+
+impl<N, E, W> LevelFromEnv for tracing_subscriber::fmt::SubscriberBuilder<N, E, tracing_subscriber::filter::LevelFilter, W> {
+    fn with_env_filter_or_info(self) -> Self {
+        let level = std::env::var("SEQREC_LOG")
+            .ok()
+            .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+            .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+        self.with_max_level(level)
+    }
+}

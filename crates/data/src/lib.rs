@@ -7,6 +7,7 @@
 //! [`synth`] generates data with a known optimal predictor (the oracle).
 
 pub mod batch;
+pub mod dataset;
 pub mod error;
 pub mod features;
 pub mod filter;
@@ -16,6 +17,7 @@ pub mod prepare;
 pub mod read;
 pub mod recipe;
 pub mod rng;
+pub mod side;
 pub mod split;
 pub mod store;
 pub mod synth;
