@@ -82,10 +82,10 @@ fn stats(dir: PathBuf, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("dataset       {}", s.name);
-    println!("sequences     {}", s.sequences);
-    println!("items         {}", s.items);
-    println!("interactions  {}", s.interactions);
-    println!("read          {}", s.rows_read);
+    println!("                            read        kept");
+    println!("sequences     {:>14} {:>11}", s.sequences_read, s.sequences);
+    println!("items         {:>14} {:>11}", s.items_read, s.items);
+    println!("interactions  {:>14} {:>11}", s.rows_read, s.interactions);
     println!("train/valid/test events     {} / {} / {}", s.parts[0], s.parts[1], s.parts[2]);
     println!(
         "train/valid/test sequences  {} / {} / {}",

@@ -221,8 +221,12 @@ pub struct Stats {
     pub length_max: usize,
     /// First and last event time (ms).
     pub time_range: (i64, i64),
-    /// Interactions read before filtering.
+    /// Interactions read, before filtering and splitting.
     pub rows_read: usize,
+    /// Distinct sequences read (size of the `seq` vocabulary).
+    pub sequences_read: usize,
+    /// Distinct items read (size of the `item` vocabulary).
+    pub items_read: usize,
     /// Vocabulary sizes.
     pub vocab_sizes: BTreeMap<String, usize>,
 }
@@ -260,6 +264,8 @@ impl Stats {
                 s.times.iter().copied().max().unwrap_or(0),
             ),
             rows_read: meta.rows_read,
+            sequences_read: meta.vocab_sizes.get("seq").copied().unwrap_or(0),
+            items_read: meta.vocab_sizes.get("item").copied().unwrap_or(0),
             vocab_sizes: meta.vocab_sizes.clone(),
         }
     }

@@ -24,6 +24,7 @@ use crate::{features, filter, read, side, split, Error, Result};
 /// Raw columns gathered from the reader's batches.
 #[derive(Default)]
 struct RawColumns {
+    bytes: u64,
     seq: Vec<ArrayRef>,
     item: Vec<ArrayRef>,
     time: Vec<i64>,
@@ -46,6 +47,7 @@ fn typed<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<Option<&'a T>
 
 impl RawColumns {
     fn push(&mut self, b: &RecordBatch) -> Result<()> {
+        self.bytes += b.get_array_memory_size() as u64;
         let need = |name: &str| {
             b.column_by_name(name)
                 .cloned()
@@ -133,6 +135,7 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     }
     secs.read = t.elapsed().as_secs_f64();
     let n_read = raw.time.len();
+    let decoded_bytes = raw.bytes;
     if n_read == 0 {
         return Err(Error::Invalid(format!(
             "{}: no interactions were read",
@@ -195,6 +198,7 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     }
     let side_tables = side::read_side_tables(recipe, &vocabs)?;
     let mut meta = DatasetMeta::new(recipe, Counts::of(&prepared), n_read);
+    meta.decoded_column_bytes = decoded_bytes;
     meta.filter = serde_json::to_value(&filter_report).unwrap_or_default();
     meta.split = serde_json::to_value(&split_report).unwrap_or_default();
     meta.gaps = gaps;

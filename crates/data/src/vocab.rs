@@ -29,8 +29,14 @@ const CHUNK: usize = 1 << 16;
 impl Vocab {
     /// A vocabulary of the distinct integers in `values`.
     pub fn from_ints(values: &[i64]) -> Self {
-        let set = values
-            .par_chunks(CHUNK)
+        Self::from_int_slices(&[values])
+    }
+
+    /// A vocabulary of the distinct integers in several slices, without joining them.
+    pub fn from_int_slices(slices: &[&[i64]]) -> Self {
+        let set = slices
+            .par_iter()
+            .flat_map(|s| s.par_chunks(CHUNK))
             .fold(FxHashSet::default, |mut s, c| {
                 s.extend(c.iter().copied());
                 s
@@ -62,15 +68,13 @@ impl Vocab {
     /// [`Error::Invalid`] on another array type or mixed kinds.
     pub fn from_arrays(arrays: &[&dyn Array]) -> Result<Self> {
         if arrays.iter().all(|a| a.as_any().is::<Int64Array>()) {
-            let mut all = Vec::new();
-            for a in arrays {
-                let a = a.as_any().downcast_ref::<Int64Array>().expect("checked");
-                if a.null_count() == 0 {
-                    all.extend_from_slice(a.values());
-                } else {
-                    all.extend(a.iter().flatten());
-                }
+            let ints: Vec<&Int64Array> =
+                arrays.iter().map(|a| a.as_any().downcast_ref::<Int64Array>().expect("checked")).collect();
+            if ints.iter().all(|a| a.null_count() == 0) {
+                let slices: Vec<&[i64]> = ints.iter().map(|a| &a.values()[..]).collect();
+                return Ok(Self::from_int_slices(&slices));
             }
+            let all: Vec<i64> = ints.iter().flat_map(|a| a.iter().flatten()).collect();
             return Ok(Self::from_ints(&all));
         }
         let mut set = FxHashSet::default();
