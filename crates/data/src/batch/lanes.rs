@@ -55,7 +55,13 @@ impl Lanes {
         keep.clear();
         reset.clear();
         self.spare.clear();
-        let Lanes { order, next, width, cursors, spare } = self;
+        let Lanes {
+            order,
+            next,
+            width,
+            cursors,
+            spare,
+        } = self;
         let mut load = || {
             while let Some(&seq) = order.get(*next) {
                 *next += 1;

@@ -124,13 +124,20 @@ pub(crate) fn check_store(store: &SequenceStore, what: &str) -> Result<()> {
         Some(&o) => return bad(format!("offsets start at {o}, expected 0")),
     }
     if store.offsets.last() != Some(&n) {
-        return bad(format!("last offset {:?}, expected {n} events", store.offsets.last()));
+        return bad(format!(
+            "last offset {:?}, expected {n} events",
+            store.offsets.last()
+        ));
     }
     if store.offsets.windows(2).any(|w| w[0] > w[1]) {
         return bad("offsets decrease".into());
     }
     if store.seq_ids.len() != store.n_seq() {
-        return bad(format!("{} seq ids for {} sequences", store.seq_ids.len(), store.n_seq()));
+        return bad(format!(
+            "{} seq ids for {} sequences",
+            store.seq_ids.len(),
+            store.n_seq()
+        ));
     }
     if let Some(r) = &store.ratings {
         if r.len() != n {
@@ -215,7 +222,10 @@ mod tests {
     use super::*;
 
     fn store_of(times: &[&[i64]]) -> SequenceStore {
-        let mut s = SequenceStore { offsets: vec![0], ..Default::default() };
+        let mut s = SequenceStore {
+            offsets: vec![0],
+            ..Default::default()
+        };
         for (i, t) in times.iter().enumerate() {
             s.times.extend_from_slice(t);
             s.items.extend(std::iter::repeat_n(1, t.len()));
@@ -236,7 +246,10 @@ mod tests {
     fn targets_select_and_find_last() {
         let parts = [Part::Train, Part::Test, Part::Valid, Part::Train];
         let t = Targets::of(&parts, &[Part::Train, Part::Valid]);
-        assert_eq!((0..4).map(|e| t.selects(e)).collect::<Vec<_>>(), [true, false, true, true]);
+        assert_eq!(
+            (0..4).map(|e| t.selects(e)).collect::<Vec<_>>(),
+            [true, false, true, true]
+        );
         assert_eq!(t.last_in(0..2), Some(0));
         assert_eq!(t.last_in(1..2), None);
         assert_eq!(Targets::All.last_in(3..3), None);
