@@ -246,6 +246,52 @@ impl SequenceStore {
     }
 }
 
+impl SequenceStore {
+    /// Calls `f(s, &mut out[range(s)])` for every sequence `s`, in parallel
+    /// over chunks of consecutive sequences: per-sequence work on an
+    /// event-aligned column (a mask, a part, a feature) without any
+    /// per-sequence allocation.
+    ///
+    /// # Panics
+    /// If `out.len() != self.n_events()` (a caller bug).
+    pub fn par_for_each_sequence_mut<T, F>(&self, out: &mut [T], f: F)
+    where
+        T: Send,
+        F: Fn(usize, &mut [T]) + Sync,
+    {
+        let n = self.n_events();
+        assert_eq!(out.len(), n, "per-sequence column has {} entries for {n} events", out.len());
+        let n_seq = self.n_seq();
+        if n_seq == 0 {
+            return;
+        }
+        // A few chunks per thread balance the load when sequence lengths vary.
+        let n_chunks = if n < PARALLEL_MIN_EVENTS {
+            1
+        } else {
+            (4 * rayon::current_num_threads()).min(n_seq)
+        };
+        let mut bounds = vec![0usize];
+        for c in 1..n_chunks {
+            let target = n * c / n_chunks;
+            let b = self.offsets[..n_seq].partition_point(|&o| o < target);
+            bounds.push(b.max(*bounds.last().unwrap_or(&0)));
+        }
+        bounds.push(n_seq);
+        let ranges: Vec<Range<usize>> = bounds
+            .windows(2)
+            .map(|w| self.offsets[w[0]]..self.offsets[w[1]])
+            .collect();
+        let slices = disjoint_slices(out, &ranges);
+        slices.into_par_iter().enumerate().for_each(|(c, slice)| {
+            let base = self.offsets[bounds[c]];
+            for s in bounds[c]..bounds[c + 1] {
+                f(s, &mut slice[self.offsets[s] - base..self.offsets[s + 1] - base]);
+            }
+        });
+    }
+}
+
 fn check_event_columns(e: &Events) -> Result<()> {
     let n = e.seq.len();
     let lens = [
@@ -576,8 +622,29 @@ mod tests {
         assert_eq!(r.labels, Some(vec![1, 1]));
         r.validate().unwrap();
         let none = s.retain(&[false; 5]);
+        assert_eq!(none.n_seq(), 0);
         assert_eq!(none.offsets, vec![0]);
         none.validate().unwrap();
         assert_eq!(s.retain(&[true; 5]), s);
+    }
+
+    #[test]
+    fn per_sequence_work_sees_each_sequence_range() {
+        for seed in 0..20 {
+            let mut rng = Rng::new(seed);
+            let n = [0, 50, 70_000][seed as usize % 3];
+            let n_ids = 1 + rng.below(3000);
+            let e = random_events(&mut rng, n, n_ids, true);
+            let s = SequenceStore::from_events(e).unwrap();
+            let mut out = vec![(0usize, 0usize); s.n_events()];
+            s.par_for_each_sequence_mut(&mut out, |sq, o| {
+                o.iter_mut().enumerate().for_each(|(k, x)| *x = (sq, k));
+            });
+            for sq in 0..s.n_seq() {
+                for (k, j) in s.range(sq).enumerate() {
+                    assert_eq!(out[j], (sq, k));
+                }
+            }
+        }
     }
 }
