@@ -102,17 +102,25 @@ pub fn apply(store: SequenceStore, cfg: &FilterConfig) -> (SequenceStore, Filter
     }
     let support_on = cfg.min_item_support > 1;
     let length_on = cfg.min_seq_len > 1;
-    while support_on || length_on {
+    let mut another_round = support_on || length_on;
+    while another_round {
         report.iterations += 1;
         let mut keep = vec![true; store.n_events()];
         if support_on {
             let support = item_support(&store);
             let min = cfg.min_item_support as u64;
             report.rare_items += support.iter().filter(|&&c| c > 0 && c < min).count();
-            let rare = |i: usize| is_item_event(&store, i) && support[store.items[i] as usize] < min;
-            keep.par_iter_mut().enumerate().for_each(|(i, k)| *k = !rare(i));
+            let rare =
+                |i: usize| is_item_event(&store, i) && support[store.items[i] as usize] < min;
+            keep.par_iter_mut()
+                .enumerate()
+                .for_each(|(i, k)| *k = !rare(i));
         }
-        let removed = strike_short_sequences(&store, &mut keep, if length_on { cfg.min_seq_len } else { 0 });
+        let removed = strike_short_sequences(
+            &store,
+            &mut keep,
+            if length_on { cfg.min_seq_len } else { 0 },
+        );
         report.item_support.events += removed.support.events;
         report.item_support.sequences += removed.support.sequences;
         report.seq_len.events += removed.length.events;
@@ -122,9 +130,7 @@ pub fn apply(store: SequenceStore, cfg: &FilterConfig) -> (SequenceStore, Filter
         }
         // Support removes items whole and leaves every other item's count as
         // it was, so a round in which length removes nothing is a fixed point.
-        if !(support_on && length_on && removed.length.events > 0) {
-            break;
-        }
+        another_round = support_on && length_on && removed.length.events > 0;
     }
     report.after = StoreCounts::of(&store);
     (store, report)
@@ -137,7 +143,12 @@ fn is_item_event(store: &SequenceStore, i: usize) -> bool {
 /// Events per item id (index = id), counting only item events.
 fn item_support(store: &SequenceStore) -> Vec<u64> {
     let n = store.n_events();
-    let n_ids = store.items.par_iter().copied().max().map_or(0, |m| m as usize + 1);
+    let n_ids = store
+        .items
+        .par_iter()
+        .copied()
+        .max()
+        .map_or(0, |m| m as usize + 1);
     let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 16);
     (0..n.div_ceil(chunk))
         .into_par_iter()
@@ -196,7 +207,11 @@ struct RoundRemovals {
 
 /// Given `keep` after the support pass, also strikes the sequences with
 /// fewer than `min_len` kept events, and tells what each pass removed.
-fn strike_short_sequences(store: &SequenceStore, keep: &mut [bool], min_len: usize) -> RoundRemovals {
+fn strike_short_sequences(
+    store: &SequenceStore,
+    keep: &mut [bool],
+    min_len: usize,
+) -> RoundRemovals {
     let support_events = AtomicUsize::new(0);
     let support_seqs = AtomicUsize::new(0);
     let length_events = AtomicUsize::new(0);
@@ -284,7 +299,13 @@ mod tests {
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2, 1], vec![3]]);
         assert_eq!(out.times, vec![0, 2, 5, 0]);
-        assert_eq!(r.collapse_repeats, Removed { events: 4, sequences: 0 });
+        assert_eq!(
+            r.collapse_repeats,
+            Removed {
+                events: 4,
+                sequences: 0
+            }
+        );
     }
 
     #[test]
@@ -309,7 +330,13 @@ mod tests {
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2]]);
         assert_eq!(out.seq_ids, vec![2]);
-        assert_eq!(r.single_item_seqs, Removed { events: 6, sequences: 3 });
+        assert_eq!(
+            r.single_item_seqs,
+            Removed {
+                events: 6,
+                sequences: 3
+            }
+        );
     }
 
     #[test]
@@ -317,15 +344,38 @@ mod tests {
         // Item 2 occurs once as an item (rare) and once as a lecture (kept,
         // and not counted toward item 2's support); item 4 occurs once.
         let mut s = store(&[&[1, 2, 2, 3], &[1, 3, 4]]);
-        s.kinds = Some(vec![KIND_ITEM, KIND_ITEM, KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM, KIND_ITEM]);
+        s.kinds = Some(vec![
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_LECTURE,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_ITEM,
+        ]);
         let cfg = FilterConfig {
             min_item_support: 2,
             ..FilterConfig::default()
         };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2, 3], vec![1, 3]]);
-        assert_eq!(out.kinds, Some(vec![KIND_ITEM, KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM]));
-        assert_eq!(r.item_support, Removed { events: 2, sequences: 0 });
+        assert_eq!(
+            out.kinds,
+            Some(vec![
+                KIND_ITEM,
+                KIND_LECTURE,
+                KIND_ITEM,
+                KIND_ITEM,
+                KIND_ITEM
+            ])
+        );
+        assert_eq!(
+            r.item_support,
+            Removed {
+                events: 2,
+                sequences: 0
+            }
+        );
         assert_eq!(r.rare_items, 2);
         assert_eq!(r.iterations, 1);
         assert_eq!(r.before.items, 4);
@@ -335,14 +385,27 @@ mod tests {
     #[test]
     fn length_counts_all_events() {
         let mut s = store(&[&[1, 2], &[1], &[3, 4, 5]]);
-        s.kinds = Some(vec![KIND_ITEM, KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM, KIND_ITEM]);
+        s.kinds = Some(vec![
+            KIND_ITEM,
+            KIND_LECTURE,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_ITEM,
+        ]);
         let cfg = FilterConfig {
             min_seq_len: 2,
             ..FilterConfig::default()
         };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2], vec![3, 4, 5]]);
-        assert_eq!(r.seq_len, Removed { events: 1, sequences: 1 });
+        assert_eq!(
+            r.seq_len,
+            Removed {
+                events: 1,
+                sequences: 1
+            }
+        );
         assert_eq!(r.iterations, 1);
     }
 
@@ -362,9 +425,21 @@ mod tests {
         assert_eq!(sequences(&out), vec![vec![5, 5], vec![5, 6, 6]]);
         assert_eq!(out.seq_ids, vec![3, 4]);
         assert_eq!(r.iterations, 3);
-        assert_eq!(r.item_support, Removed { events: 3, sequences: 0 });
+        assert_eq!(
+            r.item_support,
+            Removed {
+                events: 3,
+                sequences: 0
+            }
+        );
         assert_eq!(r.rare_items, 3);
-        assert_eq!(r.seq_len, Removed { events: 2, sequences: 2 });
+        assert_eq!(
+            r.seq_len,
+            Removed {
+                events: 2,
+                sequences: 2
+            }
+        );
         assert_eq!(
             r.after,
             StoreCounts {
@@ -413,10 +488,16 @@ mod tests {
             let (out, r) = apply(store(&refs), &cfg);
             out.validate().unwrap();
             let support = item_support(&out);
-            assert!(out.items.iter().all(|&i| support[i as usize] >= cfg.min_item_support as u64));
+            assert!(out
+                .items
+                .iter()
+                .all(|&i| support[i as usize] >= cfg.min_item_support as u64));
             assert!((0..out.n_seq()).all(|q| out.len_of(q) >= cfg.min_seq_len));
             assert_eq!(r.after, StoreCounts::of(&out));
-            let removed = r.collapse_repeats.events + r.single_item_seqs.events + r.item_support.events + r.seq_len.events;
+            let removed = r.collapse_repeats.events
+                + r.single_item_seqs.events
+                + r.item_support.events
+                + r.seq_len.events;
             assert_eq!(r.before.events - r.after.events, removed);
             // Every kept sequence is a subsequence of its input sequence.
             for q in 0..out.n_seq() {

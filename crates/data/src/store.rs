@@ -83,13 +83,20 @@ impl SequenceStore {
             return bad("offsets must start at 0".into());
         }
         if *self.offsets.last().unwrap_or(&0) != n {
-            return bad(format!("last offset {:?} != {n} events", self.offsets.last()));
+            return bad(format!(
+                "last offset {:?} != {n} events",
+                self.offsets.last()
+            ));
         }
         if self.offsets.windows(2).any(|w| w[0] > w[1]) {
             return bad("offsets decrease".into());
         }
         if self.seq_ids.len() != self.n_seq() {
-            return bad(format!("{} seq ids for {} sequences", self.seq_ids.len(), self.n_seq()));
+            return bad(format!(
+                "{} seq ids for {} sequences",
+                self.seq_ids.len(),
+                self.n_seq()
+            ));
         }
         let lens = [
             ("times", Some(self.times.len())),
@@ -260,7 +267,12 @@ impl SequenceStore {
         F: Fn(usize, &mut [T]) + Sync,
     {
         let n = self.n_events();
-        assert_eq!(out.len(), n, "per-sequence column has {} entries for {n} events", out.len());
+        assert_eq!(
+            out.len(),
+            n,
+            "per-sequence column has {} entries for {n} events",
+            out.len()
+        );
         let n_seq = self.n_seq();
         if n_seq == 0 {
             return;
@@ -286,7 +298,10 @@ impl SequenceStore {
         slices.into_par_iter().enumerate().for_each(|(c, slice)| {
             let base = self.offsets[bounds[c]];
             for s in bounds[c]..bounds[c + 1] {
-                f(s, &mut slice[self.offsets[s] - base..self.offsets[s + 1] - base]);
+                f(
+                    s,
+                    &mut slice[self.offsets[s] - base..self.offsets[s + 1] - base],
+                );
             }
         });
     }
@@ -376,7 +391,9 @@ fn group_permutation(seq: &[u32], n_parts: usize) -> Result<Grouping> {
     let mut bounds = vec![0usize];
     for p in 1..n_parts {
         let target = (n as u64 * p as u64 / n_parts as u64) as u32;
-        let b = starts.partition_point(|&st| st < target).max(*bounds.last().unwrap_or(&0));
+        let b = starts
+            .partition_point(|&st| st < target)
+            .max(*bounds.last().unwrap_or(&0));
         bounds.push(b);
     }
     bounds.push(starts.len());
@@ -433,15 +450,27 @@ fn id_histogram(ids: &[u32], n_ids: usize, n_chunks: usize) -> Vec<u32> {
 
 /// Sorts, by time and stably, the sequences whose times are out of order:
 /// most inputs are already sorted, so only those are touched.
-fn sort_sequences_by_time(offsets: &[usize], perm: &mut [u32], times: &mut [i64], times_in: &[i64]) {
+fn sort_sequences_by_time(
+    offsets: &[usize],
+    perm: &mut [u32],
+    times: &mut [i64],
+    times_in: &[i64],
+) {
     let unsorted: Vec<usize> = (0..offsets.len().saturating_sub(1))
         .into_par_iter()
-        .filter(|&s| times[offsets[s]..offsets[s + 1]].windows(2).any(|w| w[0] > w[1]))
+        .filter(|&s| {
+            times[offsets[s]..offsets[s + 1]]
+                .windows(2)
+                .any(|w| w[0] > w[1])
+        })
         .collect();
     if unsorted.is_empty() {
         return;
     }
-    let ranges: Vec<Range<usize>> = unsorted.iter().map(|&s| offsets[s]..offsets[s + 1]).collect();
+    let ranges: Vec<Range<usize>> = unsorted
+        .iter()
+        .map(|&s| offsets[s]..offsets[s + 1])
+        .collect();
     let perm_slices = disjoint_slices(perm, &ranges);
     let time_slices = disjoint_slices(times, &ranges);
     perm_slices
@@ -450,7 +479,9 @@ fn sort_sequences_by_time(offsets: &[usize], perm: &mut [u32], times: &mut [i64]
         .for_each(|(p, t)| {
             // The input index breaks ties, which keeps equal times in input order.
             p.sort_unstable_by_key(|&i| (times_in[i as usize], i));
-            t.iter_mut().zip(p.iter()).for_each(|(t, &i)| *t = times_in[i as usize]);
+            t.iter_mut()
+                .zip(p.iter())
+                .for_each(|(t, &i)| *t = times_in[i as usize]);
         });
 }
 
@@ -497,7 +528,11 @@ mod tests {
 
     #[test]
     fn groups_by_id_and_sorts_by_time_keeping_ties_in_input_order() {
-        let mut e = events(&[3, 1, 3, 1, 3, 1], &[10, 11, 12, 13, 14, 15], &[5, 2, 5, 1, 3, 2]);
+        let mut e = events(
+            &[3, 1, 3, 1, 3, 1],
+            &[10, 11, 12, 13, 14, 15],
+            &[5, 2, 5, 1, 3, 2],
+        );
         e.ratings = Some(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
         let s = SequenceStore::from_events(e).unwrap();
         // seq 1: inputs 1 (t2), 3 (t1), 5 (t2) -> 3, 1, 5; seq 3: 0 (t5), 2 (t5), 4 (t3) -> 4, 0, 2.
@@ -524,11 +559,17 @@ mod tests {
         e.kinds = Some(vec![0]);
         let msg = SequenceStore::from_events(e).unwrap_err().to_string();
         assert!(msg.contains("kinds has 1 entries, expected 2"), "{msg}");
-        let msg = SequenceStore::from_events(events(&[1, 0], &[1, 1], &[0, 0])).unwrap_err().to_string();
+        let msg = SequenceStore::from_events(events(&[1, 0], &[1, 1], &[0, 0]))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("event 1 has sequence id 0"), "{msg}");
-        let msg = SequenceStore::from_events(events(&[1, 1], &[1, 0], &[0, 0])).unwrap_err().to_string();
+        let msg = SequenceStore::from_events(events(&[1, 1], &[1, 0], &[0, 0]))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("event 1 has item id 0"), "{msg}");
-        let msg = SequenceStore::from_events(events(&[1], &[1, 2], &[0, 0])).unwrap_err().to_string();
+        let msg = SequenceStore::from_events(events(&[1], &[1, 2], &[0, 0]))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("items has 2 entries"), "{msg}");
     }
 
@@ -552,7 +593,10 @@ mod tests {
 
     fn check_grouping(e: &Events, s: &SequenceStore) {
         s.validate().unwrap();
-        assert!(s.seq_ids.windows(2).all(|w| w[0] < w[1]), "seq ids ascending");
+        assert!(
+            s.seq_ids.windows(2).all(|w| w[0] < w[1]),
+            "seq ids ascending"
+        );
         let origin = s.groups.as_ref().unwrap();
         let mut seen = vec![false; e.seq.len()];
         for sq in 0..s.n_seq() {
