@@ -2,8 +2,23 @@
 //! days, a global time cut. Each event gets a [`Part`]; test (and
 //! validation) events whose item never occurs in training are removed and
 //! counted.
+//!
+//! Protocol choices: with `LeaveLastOut`, a sequence of at most `n + valid`
+//! events stays entirely in training (counted in the report). With
+//! `LastDays`, a session's part is decided by its *first* event (GRU4Rec
+//! uses the session's start or end depending on the script; we use the
+//! start, so a session is never cut in two), and validation or test sessions
+//! left with a single event after the unseen-item removal are dropped, as
+//! GRU4Rec does for its test set and, by cutting it the same way, for its
+//! validation set.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::store::SequenceStore;
+use crate::{Error, Result};
 
 /// Which part of the split an event belongs to (stored as `u8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -66,4 +81,604 @@ pub enum SplitConfig {
 
 fn one() -> usize {
     1
+}
+
+/// Milliseconds in a day.
+const DAY_MS: f64 = 86_400_000.0;
+
+/// A count per part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartCounts {
+    /// Training.
+    pub train: usize,
+    /// Validation.
+    pub valid: usize,
+    /// Test.
+    pub test: usize,
+}
+
+impl PartCounts {
+    fn add(&mut self, part: Part, k: usize) {
+        match part {
+            Part::Train => self.train += k,
+            Part::Valid => self.valid += k,
+            Part::Test => self.test += k,
+        }
+    }
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitReport {
+    /// The split's kind, as in the recipe (`leave_last_out`, ...).
+    pub kind: String,
+    /// Events per part, after removals.
+    pub events: PartCounts,
+    /// Sequences with at least one event in the part, after removals.
+    pub sequences: PartCounts,
+    /// Validation and test events removed because their item (of the same
+    /// kind) never occurs among training events.
+    pub removed_unseen: usize,
+    /// The validation share of `removed_unseen`.
+    pub removed_unseen_valid: usize,
+    /// The test share of `removed_unseen`.
+    pub removed_unseen_test: usize,
+    /// `LastDays` only: validation and test sessions left with one event
+    /// after the unseen-item removal, and dropped (one event each).
+    pub removed_short_sessions: usize,
+    /// Sequences left with no events, and removed.
+    pub removed_sequences: usize,
+    /// `LeaveLastOut` only: sequences of at most `n + valid` events, kept
+    /// entirely in training.
+    pub short_sequences_in_train: usize,
+}
+
+/// Assigns every event a [`Part`], removes validation and test events whose
+/// item is not in training (and, for `LastDays`, sessions left too short),
+/// and returns the remaining store with the parts aligned to its events.
+///
+/// # Errors
+/// [`Error::Invalid`] when `cfg` holds an impossible value (negative days,
+/// fractions outside `[0, 1]` or summing above 1, `valid_from` after
+/// `test_from`).
+pub fn apply(
+    store: SequenceStore,
+    cfg: &SplitConfig,
+) -> Result<(SequenceStore, Vec<Part>, SplitReport)> {
+    check_config(cfg)?;
+    let mut report = SplitReport {
+        kind: kind_name(cfg).to_owned(),
+        ..SplitReport::default()
+    };
+    let (parts, short) = assign_parts(&store, cfg);
+    report.short_sequences_in_train = short;
+
+    let seen = TrainItems::of(&store, &parts);
+    let mut keep: Vec<bool> = (0..store.n_events())
+        .into_par_iter()
+        .map(|i| parts[i] == Part::Train || seen.contains(&store, i))
+        .collect();
+    report.removed_unseen_valid = count_removed(&keep, &parts, Part::Valid);
+    report.removed_unseen_test = count_removed(&keep, &parts, Part::Test);
+    report.removed_unseen = report.removed_unseen_valid + report.removed_unseen_test;
+    if matches!(cfg, SplitConfig::LastDays { .. }) {
+        report.removed_short_sessions = strike_single_event_sessions(&store, &parts, &mut keep);
+    }
+
+    let (store, parts) = if keep.iter().all(|&k| k) {
+        (store, parts)
+    } else {
+        let kept_parts: Vec<Part> = parts
+            .par_iter()
+            .zip(&keep)
+            .filter_map(|(&p, &k)| k.then_some(p))
+            .collect();
+        let kept = store.retain(&keep);
+        report.removed_sequences = store.n_seq() - kept.n_seq();
+        (kept, kept_parts)
+    };
+    for &p in &parts {
+        report.events.add(p, 1);
+    }
+    report.sequences = sequences_per_part(&store, &parts);
+    Ok((store, parts, report))
+}
+
+fn kind_name(cfg: &SplitConfig) -> &'static str {
+    match cfg {
+        SplitConfig::None => "none",
+        SplitConfig::LeaveLastOut { .. } => "leave_last_out",
+        SplitConfig::LastDays { .. } => "last_days",
+        SplitConfig::TimeCut { .. } => "time_cut",
+        SplitConfig::LastFraction { .. } => "last_fraction",
+    }
+}
+
+fn check_config(cfg: &SplitConfig) -> Result<()> {
+    let bad = |key: &str, msg: String| Err(Error::Invalid(format!("split.{key}: {msg}")));
+    match *cfg {
+        SplitConfig::LastDays { days, valid_days } => {
+            for (key, v) in [("days", days), ("valid_days", valid_days)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return bad(
+                        key,
+                        format!("expected a finite number of days >= 0, found {v}"),
+                    );
+                }
+            }
+        }
+        SplitConfig::LastFraction { test, valid } => {
+            for (key, v) in [("test", test), ("valid", valid)] {
+                if !(0.0..=1.0).contains(&v) {
+                    return bad(key, format!("expected a fraction in [0, 1], found {v}"));
+                }
+            }
+            if test + valid > 1.0 {
+                return bad(
+                    "valid",
+                    format!("test + valid must be at most 1, found {test} + {valid}"),
+                );
+            }
+        }
+        SplitConfig::TimeCut {
+            test_from,
+            valid_from: Some(valid_from),
+        } if valid_from > test_from => {
+            return bad(
+                "valid_from",
+                format!("expected a time at or before test_from ({test_from}), found {valid_from}"),
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The part of every event, and how many sequences `LeaveLastOut` left
+/// entirely in training.
+fn assign_parts(store: &SequenceStore, cfg: &SplitConfig) -> (Vec<Part>, usize) {
+    let mut parts = vec![Part::Train; store.n_events()];
+    let short = AtomicUsize::new(0);
+    match *cfg {
+        SplitConfig::None => {}
+        SplitConfig::LeaveLastOut { n, valid } => {
+            store.par_for_each_sequence_mut(&mut parts, |_, p| {
+                if p.len() <= n + valid {
+                    short.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    mark_tail(p, n, valid);
+                }
+            });
+        }
+        SplitConfig::LastDays { days, valid_days } => {
+            let t_max = store.times.par_iter().copied().max().unwrap_or(0);
+            let test_cut = t_max.saturating_sub((days * DAY_MS).round() as i64);
+            let valid_cut = test_cut.saturating_sub((valid_days * DAY_MS).round() as i64);
+            store.par_for_each_sequence_mut(&mut parts, |s, p| {
+                let start = store.times[store.offsets[s]];
+                if start >= test_cut {
+                    p.fill(Part::Test);
+                } else if start >= valid_cut {
+                    p.fill(Part::Valid);
+                }
+            });
+        }
+        SplitConfig::TimeCut {
+            test_from,
+            valid_from,
+        } => {
+            let valid_from = valid_from.unwrap_or(test_from);
+            parts.par_iter_mut().zip(&store.times).for_each(|(p, &t)| {
+                if t >= test_from {
+                    *p = Part::Test;
+                } else if t >= valid_from {
+                    *p = Part::Valid;
+                }
+            });
+        }
+        SplitConfig::LastFraction { test, valid } => {
+            store.par_for_each_sequence_mut(&mut parts, |_, p| {
+                let len = p.len();
+                let n_test = ((len as f64 * test).round() as usize).min(len);
+                let n_valid = ((len as f64 * valid).round() as usize).min(len - n_test);
+                mark_tail(p, n_test, n_valid);
+            });
+        }
+    }
+    (parts, short.into_inner())
+}
+
+/// Marks the last `n_test` entries Test and the `n_valid` before them Valid.
+fn mark_tail(p: &mut [Part], n_test: usize, n_valid: usize) {
+    let len = p.len();
+    let test_from = len.saturating_sub(n_test);
+    let valid_from = test_from.saturating_sub(n_valid);
+    p[valid_from..test_from].fill(Part::Valid);
+    p[test_from..].fill(Part::Test);
+}
+
+/// Which (kind, item) pairs occur among training events.
+#[derive(Debug)]
+struct TrainItems {
+    n_ids: usize,
+    seen: Vec<bool>,
+}
+
+impl TrainItems {
+    fn of(store: &SequenceStore, parts: &[Part]) -> Self {
+        let n_ids = store
+            .items
+            .par_iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
+        let n_kinds = store
+            .kinds
+            .as_ref()
+            .and_then(|k| k.par_iter().copied().max())
+            .map_or(1, |m| m as usize + 1);
+        let n = store.n_events();
+        let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 16);
+        let empty = || vec![false; n_ids * n_kinds];
+        let seen = (0..n.div_ceil(chunk))
+            .into_par_iter()
+            .map(|c| {
+                let mut seen = empty();
+                for i in c * chunk..((c + 1) * chunk).min(n) {
+                    if parts[i] == Part::Train {
+                        seen[key(store, n_ids, i)] = true;
+                    }
+                }
+                seen
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, &y)| *x |= y);
+                a
+            })
+            .unwrap_or_else(empty);
+        TrainItems { n_ids, seen }
+    }
+
+    fn contains(&self, store: &SequenceStore, i: usize) -> bool {
+        self.seen[key(store, self.n_ids, i)]
+    }
+}
+
+/// Index of event `i`'s (kind, item) pair in a table of `n_ids` items per kind.
+fn key(store: &SequenceStore, n_ids: usize, i: usize) -> usize {
+    let kind = store.kinds.as_ref().map_or(0, |k| k[i] as usize);
+    kind * n_ids + store.items[i] as usize
+}
+
+fn count_removed(keep: &[bool], parts: &[Part], part: Part) -> usize {
+    keep.par_iter()
+        .zip(parts)
+        .filter(|&(&k, &p)| !k && p == part)
+        .count()
+}
+
+/// Strikes validation and test sessions with exactly one kept event; returns
+/// how many.
+fn strike_single_event_sessions(store: &SequenceStore, parts: &[Part], keep: &mut [bool]) -> usize {
+    let struck = AtomicUsize::new(0);
+    store.par_for_each_sequence_mut(keep, |s, k| {
+        if parts[store.offsets[s]] != Part::Train && k.iter().filter(|&&x| x).count() == 1 {
+            k.fill(false);
+            struck.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    struck.into_inner()
+}
+
+fn sequences_per_part(store: &SequenceStore, parts: &[Part]) -> PartCounts {
+    (0..store.n_seq())
+        .into_par_iter()
+        .map(|s| {
+            let mut c = PartCounts::default();
+            for part in [Part::Train, Part::Valid, Part::Test] {
+                if parts[store.range(s)].contains(&part) {
+                    c.add(part, 1);
+                }
+            }
+            c
+        })
+        .reduce(PartCounts::default, |a, b| PartCounts {
+            train: a.train + b.train,
+            valid: a.valid + b.valid,
+            test: a.test + b.test,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::store::Events;
+    use crate::table::{KIND_ITEM, KIND_LECTURE};
+
+    use Part::{Test as Te, Train as Tr, Valid as Va};
+
+    /// One sequence per slice of (item, time) events.
+    fn store(seqs: &[&[(u32, i64)]]) -> SequenceStore {
+        let mut e = Events::default();
+        for (s, evs) in seqs.iter().enumerate() {
+            for &(it, t) in evs.iter() {
+                e.seq.push(s as u32 + 1);
+                e.items.push(it);
+                e.times.push(t);
+            }
+        }
+        SequenceStore::from_events(e).unwrap()
+    }
+
+    /// Items at times 0, 1, 2, ...
+    fn items(seqs: &[&[u32]]) -> SequenceStore {
+        let evs: Vec<Vec<(u32, i64)>> = seqs
+            .iter()
+            .map(|s| s.iter().enumerate().map(|(t, &i)| (i, t as i64)).collect())
+            .collect();
+        let refs: Vec<&[(u32, i64)]> = evs.iter().map(Vec::as_slice).collect();
+        store(&refs)
+    }
+
+    fn parts_by_seq(s: &SequenceStore, parts: &[Part]) -> Vec<Vec<Part>> {
+        (0..s.n_seq()).map(|q| parts[s.range(q)].to_vec()).collect()
+    }
+
+    #[test]
+    fn none_keeps_everything_in_training() {
+        let s = items(&[&[1, 2], &[3]]);
+        let (out, parts, r) = apply(s.clone(), &SplitConfig::None).unwrap();
+        assert_eq!(out, s);
+        assert_eq!(parts, vec![Tr; 3]);
+        assert_eq!(r.kind, "none");
+        assert_eq!((r.events.train, r.sequences.train), (3, 2));
+    }
+
+    #[test]
+    fn leave_last_out_with_unseen_removal() {
+        // seq 1: 1 2 | 3 | 4; seq 2 is too short and all training; seq 3: 1 | 5 | 2.
+        // Training items {1, 2, 5, 6}: valid 3 and test 4 of seq 1 are unseen.
+        let s = items(&[&[1, 2, 3, 4], &[5, 6], &[1, 5, 2]]);
+        let cfg = SplitConfig::LeaveLastOut { n: 1, valid: 1 };
+        let (out, parts, r) = apply(s, &cfg).unwrap();
+        assert_eq!(out.items, vec![1, 2, 5, 6, 1, 5, 2]);
+        assert_eq!(
+            parts_by_seq(&out, &parts),
+            vec![vec![Tr, Tr], vec![Tr, Tr], vec![Tr, Va, Te]]
+        );
+        assert_eq!(
+            (
+                r.removed_unseen,
+                r.removed_unseen_valid,
+                r.removed_unseen_test
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(r.short_sequences_in_train, 1);
+        assert_eq!(r.removed_sequences, 0);
+        assert_eq!(
+            r.events,
+            PartCounts {
+                train: 5,
+                valid: 1,
+                test: 1
+            }
+        );
+        assert_eq!(
+            r.sequences,
+            PartCounts {
+                train: 3,
+                valid: 1,
+                test: 1
+            }
+        );
+        out.validate().unwrap();
+    }
+
+    #[test]
+    fn unseen_is_judged_per_kind() {
+        // Item 3 is in training only as a lecture, so the test item 3 is unseen;
+        // the test lecture 3 is seen.
+        let mut s = items(&[&[3, 1, 3], &[1, 2, 3]]);
+        s.kinds = Some(vec![
+            KIND_LECTURE,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_ITEM,
+            KIND_LECTURE,
+        ]);
+        let (out, parts, r) = apply(s, &SplitConfig::LeaveLastOut { n: 1, valid: 0 }).unwrap();
+        assert_eq!(out.items, vec![3, 1, 1, 2, 3]);
+        assert_eq!(parts, vec![Tr, Tr, Tr, Tr, Te]);
+        assert_eq!(r.removed_unseen_test, 1);
+    }
+
+    #[test]
+    fn last_days_splits_sessions_by_their_start() {
+        const D: i64 = 86_400_000;
+        let s = store(&[
+            &[(1, 0), (2, 1000)],                    // starts day 0: train
+            &[(1, 3 * D / 2), (2, 5 * D / 2)], // starts day 1.5: valid, even though it ends in the test window
+            &[(1, 2 * D), (9, 2 * D + 5)], // starts exactly at the test cut: test; 9 unseen leaves one event
+            &[(2, 5 * D / 2), (1, 3 * D)], // test; t_max = 3 days
+            &[(3, D / 2), (4, D / 2 + 1)], // train
+            &[(9, 11 * D / 5), (8, 11 * D / 5 + 1)], // test, all unseen
+        ]);
+        let cfg = SplitConfig::LastDays {
+            days: 1.0,
+            valid_days: 1.0,
+        };
+        let (out, parts, r) = apply(s, &cfg).unwrap();
+        assert_eq!(out.seq_ids, vec![1, 2, 4, 5]);
+        assert_eq!(
+            parts_by_seq(&out, &parts),
+            vec![vec![Tr, Tr], vec![Va, Va], vec![Te, Te], vec![Tr, Tr]]
+        );
+        assert_eq!((r.removed_unseen, r.removed_unseen_test), (3, 3));
+        assert_eq!(r.removed_short_sessions, 1);
+        assert_eq!(r.removed_sequences, 2);
+        assert_eq!(
+            r.events,
+            PartCounts {
+                train: 4,
+                valid: 2,
+                test: 2
+            }
+        );
+    }
+
+    #[test]
+    fn time_cut_splits_events() {
+        let s = store(&[
+            &[(1, 0), (2, 5), (3, 9), (1, 10), (4, 11)],
+            &[(1, 6), (1, 12)],
+            &[(5, 11)],
+        ]);
+        let cfg = SplitConfig::TimeCut {
+            test_from: 10,
+            valid_from: Some(5),
+        };
+        let (out, parts, r) = apply(s, &cfg).unwrap();
+        assert_eq!(out.items, vec![1, 1, 1, 1]);
+        assert_eq!(parts_by_seq(&out, &parts), vec![vec![Tr, Te], vec![Va, Te]]);
+        assert_eq!((r.removed_unseen_valid, r.removed_unseen_test), (2, 2));
+        assert_eq!(r.removed_sequences, 1);
+        assert_eq!(r.removed_short_sessions, 0);
+    }
+
+    #[test]
+    fn last_fraction_rounds_per_sequence() {
+        let s = items(&[&[1; 10], &[1; 3], &[1; 2], &[1]]);
+        let cfg = SplitConfig::LastFraction {
+            test: 0.2,
+            valid: 0.2,
+        };
+        let (_, parts, r) = apply(s, &cfg).unwrap();
+        let mut expect = vec![Tr; 6];
+        expect.extend([Va, Va, Te, Te]);
+        expect.extend([Tr, Va, Te]); // 3 * 0.2 = 0.6 rounds to 1
+        expect.extend([Tr, Tr, Tr]); // 2 * 0.2 = 0.4 and 1 * 0.2 round to 0
+        assert_eq!(parts, expect);
+        assert_eq!(
+            r.events,
+            PartCounts {
+                train: 10,
+                valid: 3,
+                test: 3
+            }
+        );
+        let s = items(&[&[1, 1, 1], &[1]]);
+        let (_, parts, _) = apply(
+            s.clone(),
+            &SplitConfig::LastFraction {
+                test: 0.5,
+                valid: 0.0,
+            },
+        )
+        .unwrap();
+        // 3 * 0.5 = 1.5 and 1 * 0.5 round away from zero.
+        assert_eq!(parts, vec![Tr, Te, Te, Te]);
+        // Valid gets what test leaves: round(1.5) = 2 for both, but 3 - 2 = 1 is left; none for 1.
+        let (parts, _) = assign_parts(
+            &s,
+            &SplitConfig::LastFraction {
+                test: 0.5,
+                valid: 0.5,
+            },
+        );
+        assert_eq!(parts, vec![Va, Te, Te, Te]);
+    }
+
+    #[test]
+    fn impossible_configs_are_errors() {
+        let s = items(&[&[1]]);
+        let bad = [
+            SplitConfig::LastDays {
+                days: -1.0,
+                valid_days: 0.0,
+            },
+            SplitConfig::LastDays {
+                days: 1.0,
+                valid_days: f64::NAN,
+            },
+            SplitConfig::LastFraction {
+                test: 0.7,
+                valid: 0.4,
+            },
+            SplitConfig::LastFraction {
+                test: 1.5,
+                valid: 0.0,
+            },
+            SplitConfig::TimeCut {
+                test_from: 5,
+                valid_from: Some(6),
+            },
+        ];
+        for cfg in bad {
+            let msg = apply(s.clone(), &cfg).unwrap_err().to_string();
+            assert!(msg.starts_with("split."), "{msg}");
+        }
+    }
+
+    #[test]
+    fn random_splits_keep_parts_ordered_and_items_seen() {
+        for seed in 0..40 {
+            let mut rng = Rng::new(seed);
+            let n_seq = 1 + rng.below(50) as usize;
+            let seqs: Vec<Vec<(u32, i64)>> = (0..n_seq)
+                .map(|_| {
+                    let len = 1 + rng.below(10) as usize;
+                    let start = rng.below(10 * 86_400_000) as i64;
+                    (0..len as i64)
+                        .map(|t| (1 + rng.below(20) as u32, start + t * 60_000))
+                        .collect()
+                })
+                .collect();
+            let refs: Vec<&[(u32, i64)]> = seqs.iter().map(Vec::as_slice).collect();
+            let s = store(&refs);
+            let cfgs = [
+                SplitConfig::LeaveLastOut {
+                    n: rng.below(3) as usize,
+                    valid: rng.below(3) as usize,
+                },
+                SplitConfig::LastDays {
+                    days: 2.0,
+                    valid_days: 1.0,
+                },
+                SplitConfig::TimeCut {
+                    test_from: 8 * 86_400_000,
+                    valid_from: Some(6 * 86_400_000),
+                },
+                SplitConfig::LastFraction {
+                    test: 0.3,
+                    valid: 0.2,
+                },
+            ];
+            for cfg in cfgs {
+                let (out, parts, r) = apply(s.clone(), &cfg).unwrap();
+                out.validate().unwrap();
+                assert_eq!(parts.len(), out.n_events());
+                let total = r.events.train + r.events.valid + r.events.test;
+                assert_eq!(
+                    total + r.removed_unseen + r.removed_short_sessions,
+                    s.n_events()
+                );
+                let train: Vec<u32> = (0..out.n_events())
+                    .filter(|&i| parts[i] == Tr)
+                    .map(|i| out.items[i])
+                    .collect();
+                for q in 0..out.n_seq() {
+                    assert!(
+                        parts[out.range(q)].windows(2).all(|w| w[0] <= w[1]),
+                        "{cfg:?}"
+                    );
+                    for i in out.range(q) {
+                        assert!(parts[i] == Tr || train.contains(&out.items[i]));
+                    }
+                }
+            }
+        }
+    }
 }
