@@ -7,4 +7,5 @@
 //!   streaming parquet writer for benchmarks), with the true probability of
 //!   each answer.
 
+pub mod kt;
 pub mod sessions;
