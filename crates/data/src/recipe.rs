@@ -437,9 +437,10 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// Errors on the first key not consumed.
-    fn finish(self, allowed: &[&str]) -> Result<()> {
-        match self.table.keys().next() {
+    /// Errors on the first key not in `allowed`, before anything else is
+    /// checked, so that a misspelt key is reported as such.
+    fn check_keys(&self, allowed: &[&str]) -> Result<()> {
+        match self.table.keys().find(|k| !allowed.contains(&k.as_str())) {
             None => Ok(()),
             Some(k) => Err(self.error(k, format!("unknown key, expected one of: {}", allowed.join(", ")))),
         }
@@ -464,15 +465,18 @@ const SOURCE_KEYS: [&str; 14] = [
 ];
 
 fn read_source(mut s: Section<'_>, table: Table, dir: &Path, default_format: Option<Format>) -> Result<Source> {
+    s.check_keys(&SOURCE_KEYS)?;
     let path = s.string("path")?.ok_or_else(|| s.error("path", "missing: the file to read, relative to `dir`"))?;
     let format_options: Vec<(&str, Format)> = Format::ALL.iter().map(|f| (f.name(), *f)).collect();
-    let format = s
-        .pick("format", &format_options)?
-        .or(default_format)
-        .ok_or_else(|| s.error("format", format!("missing (here or at the top level): one of {}", names(&format_options))))?;
+    let format = s.pick("format", &format_options)?.or(default_format).ok_or_else(|| {
+        s.error("format", format!("missing (here or at the top level): one of {}", names(&format_options)))
+    })?;
     if !format.tables().contains(&table) {
         let allowed: Vec<&str> = format.tables().iter().map(|t| t.name()).collect();
-        return Err(s.error("format", format!("format `{}` has no {} table (it has: {})", format.name(), table.name(), allowed.join(", "))));
+        return Err(s.error(
+            "format",
+            format!("format `{}` has no {} table (it has: {})", format.name(), table.name(), allowed.join(", ")),
+        ));
     }
     let mut src = Source::new(table, dir.join(path), format);
     let interactions = table == Table::Interactions;
@@ -549,7 +553,11 @@ fn read_source(mut s: Section<'_>, table: Table, dir: &Path, default_format: Opt
     src.seq_type = s.pick("seq_type", &KEY_TYPES)?;
     src.item_type = s.pick("item_type", &KEY_TYPES)?;
     src.key_type = s.pick("key_type", &KEY_TYPES)?;
-    let interaction_only = [("time_unit", src.time_unit.is_some()), ("seq_type", src.seq_type.is_some()), ("item_type", src.item_type.is_some())];
+    let interaction_only = [
+        ("time_unit", src.time_unit.is_some()),
+        ("seq_type", src.seq_type.is_some()),
+        ("item_type", src.item_type.is_some()),
+    ];
     for (k, present) in interaction_only {
         if present && !interactions {
             return Err(s.error(k, "only for [interactions]"));
@@ -573,14 +581,16 @@ fn read_source(mut s: Section<'_>, table: Table, dir: &Path, default_format: Opt
         if interactions {
             for role in [Role::Seq, Role::Item, Role::Time] {
                 if !src.columns.contains_key(&role) {
-                    return Err(s.error(&format!("columns.{}", role.name()), format!("missing: format `{}` needs the column of role `{}`", format.name(), role.name())));
+                    return Err(s.error(
+                        &format!("columns.{}", role.name()),
+                        format!("missing: format `{}` needs the column of role `{}`", format.name(), role.name()),
+                    ));
                 }
             }
         } else if src.key.is_none() {
             return Err(s.error("key", format!("missing: format `{}` needs the key column", format.name())));
         }
     }
-    s.finish(&SOURCE_KEYS)?;
     Ok(src)
 }
 
@@ -637,6 +647,7 @@ impl Recipe {
             Error::config(path, "<syntax>", format!("{}{}", at.unwrap_or_default(), e.message().trim()))
         })?;
         let mut top = Section { file: path, prefix: String::new(), table };
+        top.check_keys(&TOP_KEYS)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = match top.string("dir")? {
             Some(d) => base.join(d),
@@ -663,7 +674,6 @@ impl Recipe {
         let lectures = source(&mut top, Table::Lectures)?;
         let filter = serde_section::<FilterConfig>(&mut top, "filter")?;
         let split = serde_section::<SplitConfig>(&mut top, "split")?;
-        top.finish(&TOP_KEYS)?;
         Ok(Recipe {
             name,
             dir,
@@ -693,11 +703,245 @@ impl Recipe {
 
     /// Every source of the recipe, interactions first.
     pub fn sources(&self) -> impl Iterator<Item = &Source> {
-        std::iter::once(&self.interactions).chain([&self.users, &self.items, &self.questions, &self.lectures].into_iter().flatten())
+        std::iter::once(&self.interactions)
+            .chain([&self.users, &self.items, &self.questions, &self.lectures].into_iter().flatten())
     }
 
     fn sources_mut(&mut self) -> impl Iterator<Item = &mut Source> {
         std::iter::once(&mut self.interactions)
             .chain([&mut self.users, &mut self.items, &mut self.questions, &mut self.lectures].into_iter().flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::testing::fixture;
+    use crate::read::{read_interactions_all, read_table};
+
+    /// The example at the top of this file, verbatim.
+    const EXAMPLE: &str = r#"
+name = "ml-100k"                        # default: the file's stem
+dir = "../../shared/datasets/ml-100k"   # data folder, relative to this file (default: its folder)
+format = "recbole"                      # default format of every table below
+gaps = true                             # compute time-gap features (default true)
+
+[interactions]                          # required; events
+path = "ml-100k.inter"                  # relative to `dir`
+columns = { seq = "user_id", item = "item_id", time = "timestamp", rating = "rating" }
+time_unit = "s"                         # s | ms | iso8601
+seq_type = "int"                        # int | str: how `seq` keys are typed (item_type likewise)
+
+[users]                                 # optional side tables: users, items, questions, lectures
+path = "ml-100k.user"
+key = "user_id"
+features = ["age", "gender", "occupation"]
+
+[items]
+path = "ml-100k.item"
+key = "item_id"
+features = { class = "token_seq", release_year = "token" }
+
+[filter]                                # crate::filter::FilterConfig
+min_seq_len = 5
+
+[split]                                 # crate::split::SplitConfig, tagged by `kind`
+kind = "leave_last_out"
+n = 1
+valid = 1
+"#;
+
+    fn parse(text: &str) -> Result<Recipe> {
+        Recipe::from_toml_str(text, Path::new("/r/datasets/x.toml"))
+    }
+
+    /// The recipe error's dotted key and message.
+    fn config_error(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(Error::Config { path, key, message }) => {
+                assert_eq!(path, Path::new("/r/datasets/x.toml"));
+                (key, message)
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    const MINIMAL: &str = "[interactions]\npath = \"c.tsv\"\nformat = \"gru4rec\"\n";
+
+    #[test]
+    fn the_documented_example_parses() {
+        let r = parse(EXAMPLE).unwrap();
+        assert_eq!(r.name, "ml-100k");
+        assert_eq!(r.dir, Path::new("/r/datasets/../../shared/datasets/ml-100k"));
+        assert_eq!(r.interactions.path, r.dir.join("ml-100k.inter"));
+        assert_eq!(r.interactions.format, Format::Recbole);
+        assert_eq!(r.interactions.columns[&Role::Seq], ColumnRef::Name("user_id".into()));
+        assert_eq!(r.interactions.columns.len(), 4);
+        assert_eq!(r.interactions.time_unit, Some(TimeUnit::S));
+        assert_eq!(r.interactions.seq_type, Some(KeyType::Int));
+        let users = r.users.as_ref().unwrap();
+        assert_eq!(users.key, Some(ColumnRef::Name("user_id".into())));
+        assert_eq!(users.features.as_ref().unwrap()[2], Feature { name: "occupation".into(), kind: None });
+        let items = r.items.as_ref().unwrap();
+        assert_eq!(
+            items.features.as_ref().unwrap()[0],
+            Feature { name: "class".into(), kind: Some(FeatureKind::TokenSeq) }
+        );
+        assert_eq!(r.filter.min_seq_len, 5);
+        assert_eq!(r.split, SplitConfig::LeaveLastOut { n: 1, valid: 1 });
+        assert!(r.gaps && r.questions.is_none() && r.lectures.is_none());
+    }
+
+    #[test]
+    fn defaults_name_dir_gaps_and_split() {
+        let r = parse(MINIMAL).unwrap();
+        assert_eq!(r.name, "x");
+        assert_eq!(r.dir, Path::new("/r/datasets"));
+        assert_eq!(r.interactions.path, Path::new("/r/datasets/c.tsv"));
+        assert!(r.gaps);
+        assert_eq!(r.split, SplitConfig::None);
+        assert_eq!(r.filter, FilterConfig::default());
+    }
+
+    #[test]
+    fn with_dir_moves_relative_sources_only() {
+        let text = format!("{MINIMAL}\n[items]\npath = \"/abs/items.csv\"\nformat = \"csv\"\nkey = \"id\"\n");
+        let r = parse(&text).unwrap().with_dir(PathBuf::from("/data/elsewhere"));
+        assert_eq!(r.dir, Path::new("/data/elsewhere"));
+        assert_eq!(r.interactions.path, Path::new("/data/elsewhere/c.tsv"));
+        assert_eq!(r.items.unwrap().path, Path::new("/abs/items.csv"));
+    }
+
+    #[test]
+    fn errors_name_the_dotted_key() {
+        let cases: Vec<(String, &str, &str)> = vec![
+            (format!("nmae = \"x\"\n{MINIMAL}"), "nmae", "unknown key"),
+            (MINIMAL.replace("path", "paht"), "interactions.paht", "unknown key"),
+            (MINIMAL.replace("path", "# path"), "interactions.path", "missing"),
+            ("name = \"x\"\n".to_owned(), "interactions", "missing"),
+            (MINIMAL.replace("gru4rec", "gru5rec"), "interactions.format", "unknown value `gru5rec`"),
+            (format!("{MINIMAL}columns = {{ sqe = \"a\" }}\n"), "interactions.columns.sqe", "unknown role"),
+            (format!("{MINIMAL}columns = {{ seq = -1 }}\n"), "interactions.columns.seq", "0 or more"),
+            (format!("{MINIMAL}header = \"yes\"\n"), "interactions.header", "expected true or false, found string"),
+            (format!("{MINIMAL}time_unit = \"h\"\n"), "interactions.time_unit", "expected one of `s`, `ms`, `iso8601`"),
+            (format!("{MINIMAL}key = \"id\"\n"), "interactions.key", "side tables"),
+            (format!("{MINIMAL}delimiter = \"\"\n"), "interactions.delimiter", "one or more characters"),
+            (
+                format!("{MINIMAL}features = {{ a = \"tokens\" }}\n"),
+                "interactions.features.a",
+                "unknown value `tokens`",
+            ),
+            (format!("{MINIMAL}[users]\npath = \"u\"\nformat = \"gru4rec\"\n"), "users.format", "has no users table"),
+            (format!("{MINIMAL}[users]\npath = \"u\"\nformat = \"csv\"\n"), "users.key", "missing"),
+            (
+                format!("{MINIMAL}[users]\npath = \"u\"\nformat = \"csv\"\nkey = \"id\"\nseq_type = \"str\"\n"),
+                "users.seq_type",
+                "only for [interactions]",
+            ),
+            (
+                "[interactions]\npath = \"e.csv\"\nformat = \"csv\"\ncolumns = { seq = \"u\", item = \"i\" }\n"
+                    .to_owned(),
+                "interactions.columns.time",
+                "missing",
+            ),
+            (
+                "[interactions]\npath = \"e.parquet\"\nformat = \"parquet\"\nheader = true\n".to_owned(),
+                "interactions.header",
+                "not used by format `parquet`",
+            ),
+            (format!("{MINIMAL}[filter]\nmin_len = 3\n"), "filter.min_len", "unknown field `min_len`"),
+            (format!("{MINIMAL}[split]\nkind = \"last_days\"\ndayz = 1\n"), "split.dayz", "unknown field `dayz`"),
+            (format!("{MINIMAL}[split]\nkind = \"random\"\n"), "split.kind", "unknown variant `random`"),
+            (format!("{MINIMAL}[split]\nn = 1\n"), "split.kind", "kind"),
+            (format!("{MINIMAL}gaps = 1\n"), "interactions.gaps", "unknown key"),
+            (format!("gaps = 1\n{MINIMAL}"), "gaps", "expected true or false, found integer"),
+            ("[interactions\npath = 1".to_owned(), "<syntax>", "line 1, column"),
+        ];
+        for (text, key, needle) in cases {
+            let (k, m) = config_error(&text);
+            assert_eq!(k, key, "{text}\n{m}");
+            assert!(m.contains(needle), "{key}: {m}");
+        }
+    }
+
+    #[test]
+    fn top_level_format_is_the_default_and_sections_may_override_it() {
+        let text = "format = \"riiid\"\n[interactions]\npath = \"train.csv\"\n[questions]\npath = \"q.csv\"\n[users]\npath = \"u.csv\"\nformat = \"csv\"\nkey = 0\n";
+        let r = parse(text).unwrap();
+        assert_eq!(r.interactions.format, Format::Riiid);
+        assert_eq!(r.questions.unwrap().format, Format::Riiid);
+        let users = r.users.unwrap();
+        assert_eq!((users.format, users.key), (Format::Csv, Some(ColumnRef::Index(0))));
+    }
+
+    fn datasets_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets")
+    }
+
+    #[test]
+    fn every_dataset_recipe_parses() {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(datasets_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let r = Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                names.push(r.name.clone());
+            }
+        }
+        names.sort();
+        for expected in ["ml-100k", "ml-100k-raw", "ml-1m", "riiid", "rsc15"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        }
+        let rsc15 = Recipe::load(&datasets_dir().join("rsc15.toml")).unwrap();
+        assert_eq!((rsc15.filter.min_item_support, rsc15.filter.min_seq_len), (5, 2));
+        assert_eq!(rsc15.split, SplitConfig::LastDays { days: 1.0, valid_days: 0.0 });
+        let riiid = Recipe::load(&datasets_dir().join("riiid.toml")).unwrap();
+        assert_eq!(riiid.split, SplitConfig::LastFraction { test: 0.1, valid: 0.1 });
+    }
+
+    #[test]
+    fn every_fixture_recipe_reads_all_its_tables() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(fixture("")).unwrap() {
+            let path = entry.unwrap().path().join("recipe.toml");
+            if !path.exists() {
+                continue;
+            }
+            let r = Recipe::load(&path).unwrap();
+            let rows: usize = read_interactions_all(&r.interactions).unwrap().iter().map(|b| b.num_rows()).sum();
+            assert!(rows >= 3, "{}", path.display());
+            for side in [&r.users, &r.items, &r.questions, &r.lectures].into_iter().flatten() {
+                assert!(read_table(side).unwrap().num_rows() >= 2, "{}", side.path.display());
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 7);
+    }
+
+    /// The real MovieLens 100K, when this machine has it.
+    #[test]
+    fn ml_100k_recipe_reads_the_shared_copy() {
+        let r = Recipe::load(&datasets_dir().join("ml-100k.toml")).unwrap();
+        if !r.interactions.path.exists() {
+            eprintln!("skipped: {} is not here", r.interactions.path.display());
+            return;
+        }
+        let batches = read_interactions_all(&r.interactions).unwrap();
+        let (mut users, mut items) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        let mut rows = 0;
+        for b in &batches {
+            let seq = b.column_by_name("seq").unwrap().as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+            let item = b.column_by_name("item").unwrap().as_any().downcast_ref::<arrow_array::Int64Array>().unwrap();
+            users.extend(seq.values().iter().copied());
+            items.extend(item.values().iter().copied());
+            rows += b.num_rows();
+        }
+        assert_eq!((rows, users.len(), items.len()), (100_000, 943, 1_682));
+        let u = read_table(r.users.as_ref().unwrap()).unwrap();
+        assert_eq!(u.num_rows(), 943);
+        let i = read_table(r.items.as_ref().unwrap()).unwrap();
+        assert_eq!(i.num_rows(), 1_682);
+        let names: Vec<String> = i.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["key", "class", "release_year"]);
     }
 }

@@ -31,7 +31,8 @@ pub(crate) struct LineError {
 impl LineError {
     /// The error at absolute 1-based line `line` of `layout`'s file.
     pub(crate) fn into_error(self, layout: &TextLayout, line: u64) -> Error {
-        let name = layout.field_names.get(self.column.wrapping_sub(1)).cloned().unwrap_or_else(|| "(extra field)".to_owned());
+        let name =
+            layout.field_names.get(self.column.wrapping_sub(1)).cloned().unwrap_or_else(|| "(extra field)".to_owned());
         Error::Parse { path: layout.path.clone(), line, column: self.column, name, message: self.message }
     }
 }
@@ -184,7 +185,11 @@ impl Columns {
             let (line, tail) = next_line(rest);
             rest = tail;
             if !line.is_empty() {
-                self.parse_line(layout, line, &mut fields).map_err(|(column, message)| LineError { line: line_index, column, message })?;
+                self.parse_line(layout, line, &mut fields).map_err(|(column, message)| LineError {
+                    line: line_index,
+                    column,
+                    message,
+                })?;
             }
             line_index += 1;
         }

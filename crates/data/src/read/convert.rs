@@ -51,6 +51,11 @@ impl Conv {
     pub(crate) fn nullable(&self) -> bool {
         matches!(self, Conv::Elapsed | Conv::Explained | Conv::Token | Conv::Float)
     }
+
+    /// Whether a null input is an error (a missing list is just empty).
+    fn required(&self) -> bool {
+        !self.nullable() && !matches!(self, Conv::TokenSeq(_))
+    }
 }
 
 /// A value problem: 0-based row within the converted array, and message.
@@ -78,7 +83,9 @@ pub(crate) fn expects(conv: &Conv, t: &DataType) -> Option<&'static str> {
         Conv::Label | Conv::Kind | Conv::Group => is_int(t),
         Conv::Explained => is_int(t) || is_text(t),
         Conv::Token => is_int(t) || is_float(t) || is_text(t),
-        Conv::TokenSeq(_) => is_text(t) || matches!(t, DataType::List(f) | DataType::LargeList(f) if is_text(f.data_type())),
+        Conv::TokenSeq(_) => {
+            is_text(t) || matches!(t, DataType::List(f) | DataType::LargeList(f) if is_text(f.data_type()))
+        }
     };
     (!ok).then_some(match conv {
         Conv::Key(_) => "integers or text",
@@ -200,7 +207,9 @@ fn time_ms(a: &dyn Array, unit: TimeUnit) -> Result<Int64Array, Bad> {
             for (row, v) in f.iter().enumerate() {
                 out.push(match v {
                     None => None,
-                    Some(x) if (x * scale).is_finite() && (x * scale).abs() < 9.2e18 => Some((x * scale).round() as i64),
+                    Some(x) if (x * scale).is_finite() && (x * scale).abs() < 9.2e18 => {
+                        Some((x * scale).round() as i64)
+                    }
                     Some(_) => return Err(overflow(row)),
                 });
             }
@@ -219,7 +228,11 @@ fn time_ms(a: &dyn Array, unit: TimeUnit) -> Result<Int64Array, Bad> {
     }
 }
 
-fn small_ints<T: ArrowPrimitiveType>(a: &dyn Array, range: std::ops::RangeInclusive<i64>, what: &str) -> Result<ArrayRef, Bad>
+fn small_ints<T: ArrowPrimitiveType>(
+    a: &dyn Array,
+    range: std::ops::RangeInclusive<i64>,
+    what: &str,
+) -> Result<ArrayRef, Bad>
 where
     T::Native: TryFrom<i64>,
     PrimitiveArray<T>: From<Vec<T::Native>>,
@@ -294,7 +307,7 @@ fn token_lists(a: &dyn Array, delimiter: &Delimiter) -> ArrayRef {
 /// Converts one array; value errors give the 0-based row within it.
 pub(crate) fn convert(conv: &Conv, a: &dyn Array) -> Result<ArrayRef, Bad> {
     let t = a.data_type();
-    if !conv.nullable() {
+    if conv.required() {
         require_no_nulls(a)?;
     }
     Ok(match conv {
@@ -320,7 +333,10 @@ pub(crate) fn convert(conv: &Conv, a: &dyn Array) -> Result<ArrayRef, Bad> {
                     out.push(match v {
                         // Empty text means missing, as in the CSV files.
                         None | Some("") => None,
-                        Some(s) => Some(parse_bool(s.as_bytes()).ok_or_else(|| (row, format!("expected True or False, found `{s}`")))?),
+                        Some(s) => Some(
+                            parse_bool(s.as_bytes())
+                                .ok_or_else(|| (row, format!("expected True or False, found `{s}`")))?,
+                        ),
                     });
                 }
                 Arc::new(out.into_iter().collect::<BooleanArray>())
@@ -359,10 +375,18 @@ pub(crate) fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
     for (i, field) in schema.fields().iter().enumerate() {
         let parts: Vec<&ArrayRef> = batches.iter().map(|b| b.column(i)).collect();
         let joined: ArrayRef = match field.data_type() {
-            DataType::Int64 => Arc::new(parts.iter().flat_map(|p| p.as_primitive::<Int64Type>().iter()).collect::<Int64Array>()),
-            DataType::Float32 => Arc::new(parts.iter().flat_map(|p| p.as_primitive::<Float32Type>().iter()).collect::<Float32Array>()),
-            DataType::Int8 => Arc::new(parts.iter().flat_map(|p| p.as_primitive::<Int8Type>().iter()).collect::<Int8Array>()),
-            DataType::UInt8 => Arc::new(parts.iter().flat_map(|p| p.as_primitive::<UInt8Type>().iter()).collect::<UInt8Array>()),
+            DataType::Int64 => {
+                Arc::new(parts.iter().flat_map(|p| p.as_primitive::<Int64Type>().iter()).collect::<Int64Array>())
+            }
+            DataType::Float32 => {
+                Arc::new(parts.iter().flat_map(|p| p.as_primitive::<Float32Type>().iter()).collect::<Float32Array>())
+            }
+            DataType::Int8 => {
+                Arc::new(parts.iter().flat_map(|p| p.as_primitive::<Int8Type>().iter()).collect::<Int8Array>())
+            }
+            DataType::UInt8 => {
+                Arc::new(parts.iter().flat_map(|p| p.as_primitive::<UInt8Type>().iter()).collect::<UInt8Array>())
+            }
             DataType::Boolean => Arc::new(parts.iter().flat_map(|p| p.as_boolean().iter()).collect::<BooleanArray>()),
             DataType::Utf8 => Arc::new(parts.iter().flat_map(|p| p.as_string::<i32>().iter()).collect::<StringArray>()),
             DataType::List(_) => {
@@ -383,5 +407,6 @@ pub(crate) fn concat(batches: &[RecordBatch]) -> Result<RecordBatch> {
         };
         columns.push(joined);
     }
-    RecordBatch::try_new(schema, columns).map_err(|source| Error::Arrow { context: "concatenating batches".to_owned(), source })
+    RecordBatch::try_new(schema, columns)
+        .map_err(|source| Error::Arrow { context: "concatenating batches".to_owned(), source })
 }

@@ -255,11 +255,10 @@ mod tests {
         assert_eq!(fields(&tab, "1\t2\t\t3"), ["1", "2", "", "3"]);
         assert_eq!(fields(&tab, ""), [""]);
         let colons = Splitter::new(Delimiter::new("::").unwrap(), false);
-        assert_eq!(fields(&colons, "1::Star Wars: A New Hope (1977)::Action|Sci-Fi"), [
-            "1",
-            "Star Wars: A New Hope (1977)",
-            "Action|Sci-Fi"
-        ]);
+        assert_eq!(
+            fields(&colons, "1::Star Wars: A New Hope (1977)::Action|Sci-Fi"),
+            ["1", "Star Wars: A New Hope (1977)", "Action|Sci-Fi"]
+        );
         assert_eq!(fields(&colons, "1:::2"), ["1", ":2"]);
         assert_eq!(fields(&colons, "1::"), ["1", ""]);
     }

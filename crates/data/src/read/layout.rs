@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::recipe::{ColumnRef, FeatureKind, Format, KeyType, Role, Source, Table, TimeUnit};
 use crate::read::fields::{decode_text, Delimiter, Splitter};
+use crate::recipe::{ColumnRef, FeatureKind, Format, KeyType, Role, Source, Table, TimeUnit};
 use crate::table::col;
 use crate::{Error, Result};
 
@@ -83,10 +83,9 @@ pub(crate) fn preset(format: Format, table: Table) -> Preset {
         (Format::Csv, _) => Preset { quote: true, ..Preset::text(",", true) },
         (Format::Parquet, _) => Preset { time_unit: TimeUnit::Ms, ..Preset::text(",", true) },
         (Format::Recbole, _) => Preset { typed_header: true, list_delimiter: " ", ..Preset::text("\t", true) },
-        (Format::Gru4rec, _) => Preset {
-            columns: vec![(Seq, "SessionId"), (Item, "ItemId"), (Time, "Time")],
-            ..Preset::text("\t", true)
-        },
+        (Format::Gru4rec, _) => {
+            Preset { columns: vec![(Seq, "SessionId"), (Item, "ItemId"), (Time, "Time")], ..Preset::text("\t", true) }
+        }
         (Format::Rsc15, _) => Preset {
             columns: vec![(Seq, "session_id"), (Time, "timestamp"), (Item, "item_id")],
             time_unit: TimeUnit::Iso8601,
@@ -129,11 +128,9 @@ pub(crate) fn preset(format: Format, table: Table) -> Preset {
             list_delimiter: " ",
             ..Preset::text(",", true)
         },
-        (Format::Riiid, Table::Lectures) => Preset {
-            key: Some("lecture_id"),
-            features: tokens(&["tag", "part", "type_of"]),
-            ..Preset::text(",", true)
-        },
+        (Format::Riiid, Table::Lectures) => {
+            Preset { key: Some("lecture_id"), features: tokens(&["tag", "part", "type_of"]), ..Preset::text(",", true) }
+        }
         (Format::Riiid, _) => Preset {
             columns: vec![
                 (Seq, "user_id"),
@@ -221,7 +218,8 @@ pub(crate) fn has_header(src: &Source) -> bool {
 /// The delimiter `src` reads with.
 pub(crate) fn delimiter(src: &Source) -> Result<Delimiter> {
     let text = src.delimiter.clone().unwrap_or_else(|| preset(src.format, src.table).delimiter.to_owned());
-    Delimiter::new(&text).ok_or_else(|| Error::File { path: src.path.clone(), message: format!("bad delimiter `{text}`") })
+    Delimiter::new(&text)
+        .ok_or_else(|| Error::File { path: src.path.clone(), message: format!("bad delimiter `{text}`") })
 }
 
 /// Resolves `src` against its header line (files with a header) or its
@@ -232,7 +230,8 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
     let delim = delimiter(src)?;
     let splitter = Splitter::new(delim.clone(), src.quote.unwrap_or(p.quote));
     let list_delim_text = src.list_delimiter.as_deref().unwrap_or(p.list_delimiter);
-    let list_delim = Delimiter::new(list_delim_text).ok_or_else(|| file_error(format!("bad list delimiter `{list_delim_text}`")))?;
+    let list_delim =
+        Delimiter::new(list_delim_text).ok_or_else(|| file_error(format!("bad list delimiter `{list_delim_text}`")))?;
     let mut types: Vec<Option<FeatureKind>> = Vec::new();
     let names: Vec<String> = if let Some(line) = header_line {
         let mut fields = Vec::new();
@@ -271,16 +270,27 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
         match r {
             ColumnRef::Name(n) => {
                 let n = if p.typed_header { n.rsplit_once(':').map_or(n.as_str(), |(b, _)| b) } else { n.as_str() };
-                names.iter().position(|h| h == n).ok_or_else(|| file_error(format!("column `{n}` not found; {where_names}: {}", listed())))
+                names
+                    .iter()
+                    .position(|h| h == n)
+                    .ok_or_else(|| file_error(format!("column `{n}` not found; {where_names}: {}", listed())))
             }
             ColumnRef::Index(i) if *i < names.len() => Ok(*i),
-            ColumnRef::Index(i) => Err(file_error(format!("column index {i} is out of range: there are {} columns ({})", names.len(), listed()))),
+            ColumnRef::Index(i) => Err(file_error(format!(
+                "column index {i} is out of range: there are {} columns ({})",
+                names.len(),
+                listed()
+            ))),
         }
     };
     let mut outputs = Vec::new();
     if src.table == Table::Interactions {
-        let mut columns: Vec<(Role, ColumnRef)> =
-            p.columns.iter().filter(|(r, _)| !src.columns.contains_key(r)).map(|(r, n)| (*r, ColumnRef::Name(n.to_string()))).collect();
+        let mut columns: Vec<(Role, ColumnRef)> = p
+            .columns
+            .iter()
+            .filter(|(r, _)| !src.columns.contains_key(r))
+            .map(|(r, n)| (*r, ColumnRef::Name(n.to_string())))
+            .collect();
         columns.extend(src.columns.iter().map(|(r, c)| (*r, c.clone())));
         columns.sort_by_key(|(r, _)| *r);
         for role in [Role::Seq, Role::Item, Role::Time] {
@@ -289,7 +299,13 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
             }
         }
         for (role, r) in &columns {
-            let key = |t: Option<KeyType>, hint| if t == Some(KeyType::Str) { Parse::StrKey } else { Parse::IntKey(hint) };
+            let key = |t: Option<KeyType>, hint| {
+                if t == Some(KeyType::Str) {
+                    Parse::StrKey
+                } else {
+                    Parse::IntKey(hint)
+                }
+            };
             let parse = match role {
                 Role::Seq => key(src.seq_type, "seq_type"),
                 Role::Item => key(src.item_type, "item_type"),
@@ -357,16 +373,19 @@ mod tests {
         let l = resolve(&src, Some(header), None).unwrap();
         assert_eq!(l.n_fields, 10);
         let got: Vec<(&str, usize)> = l.outputs.iter().map(|o| (o.name.as_str(), o.field)).collect();
-        assert_eq!(got, [
-            ("seq", 2),
-            ("item", 3),
-            ("time", 1),
-            ("label", 7),
-            ("kind", 4),
-            ("group", 5),
-            ("elapsed", 8),
-            ("explained", 9)
-        ]);
+        assert_eq!(
+            got,
+            [
+                ("seq", 2),
+                ("item", 3),
+                ("time", 1),
+                ("label", 7),
+                ("kind", 4),
+                ("group", 5),
+                ("elapsed", 8),
+                ("explained", 9)
+            ]
+        );
         assert_eq!(l.outputs[2].parse, Parse::Time(TimeUnit::Ms));
     }
 
@@ -382,7 +401,8 @@ mod tests {
     fn recbole_types_come_from_the_header() {
         let mut src = Source::new(Table::Items, "x.item", Format::Recbole);
         src.key = Some(ColumnRef::Name("item_id".into()));
-        src.features = Some(vec![Feature { name: "class".into(), kind: None }, Feature { name: "year".into(), kind: None }]);
+        src.features =
+            Some(vec![Feature { name: "class".into(), kind: None }, Feature { name: "year".into(), kind: None }]);
         let l = resolve(&src, Some(b"item_id:token\tclass:token_seq\tyear:float"), None).unwrap();
         assert_eq!(l.outputs[0].parse, Parse::IntKey("key_type"));
         assert_eq!(l.outputs[1].parse, Parse::TokenSeq(Delimiter::new(" ").unwrap()));
@@ -407,7 +427,10 @@ mod tests {
         let mut users = Source::new(Table::Users, "u.csv", Format::Csv);
         users.key = Some(ColumnRef::Name("id".into()));
         let l = resolve(&users, Some(b"age,id,zip"), None).unwrap();
-        assert_eq!(l.outputs.iter().map(|o| (o.name.as_str(), o.field)).collect::<Vec<_>>(), [("key", 1), ("age", 0), ("zip", 2)]);
+        assert_eq!(
+            l.outputs.iter().map(|o| (o.name.as_str(), o.field)).collect::<Vec<_>>(),
+            [("key", 1), ("age", 0), ("zip", 2)]
+        );
     }
 
     #[test]

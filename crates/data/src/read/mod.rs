@@ -48,9 +48,7 @@ impl Default for ReadOptions {
 pub fn is_parquet(src: &Source) -> bool {
     match src.format {
         Format::Parquet => true,
-        Format::Riiid => {
-            src.path.is_dir() || src.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-        }
+        Format::Riiid => src.path.is_dir() || src.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")),
         _ => false,
     }
 }
@@ -167,7 +165,10 @@ pub(crate) mod testing {
             .flat_map(|a| {
                 a.as_list::<i32>()
                     .iter()
-                    .map(|l| l.map(|l| l.as_string::<i32>().iter().flatten().map(str::to_owned).collect()).unwrap_or_default())
+                    .map(|l| {
+                        l.map(|l| l.as_string::<i32>().iter().flatten().map(str::to_owned).collect())
+                            .unwrap_or_default()
+                    })
                     .collect::<Vec<Vec<String>>>()
             })
             .collect()
@@ -237,7 +238,10 @@ mod tests {
         assert_eq!(ints(&movies, "key"), [3, 661, 1193]);
         assert_eq!(strs(&movies, "title")[0].as_deref(), Some("Café Society (1999)"));
         assert_eq!(strs(&movies, "title")[1].as_deref(), Some("Star Trek: First Contact (1996)"));
-        assert_eq!(lists(&movies, "genres"), [vec!["Comedy", "Drama"], vec!["Action", "Adventure", "Sci-Fi"], vec!["Drama"]]);
+        assert_eq!(
+            lists(&movies, "genres"),
+            [vec!["Comedy", "Drama"], vec!["Action", "Adventure", "Sci-Fi"], vec!["Drama"]]
+        );
         assert!(matches!(movies[0].schema().field_with_name("genres").unwrap().data_type(), DataType::List(_)));
     }
 
@@ -256,7 +260,10 @@ mod tests {
         let items = [read_table(r.items.as_ref().unwrap()).unwrap()];
         assert_eq!(ints(&items, "key"), [242, 302, 267]);
         assert_eq!(strs(&items, "title")[1].as_deref(), Some("Misérables, Les (1995)"));
-        assert_eq!(strs(&items, "release_date"), [Some("24-Jan-1997".to_owned()), Some("01-Jan-1995".to_owned()), None]);
+        assert_eq!(
+            strs(&items, "release_date"),
+            [Some("24-Jan-1997".to_owned()), Some("01-Jan-1995".to_owned()), None]
+        );
         assert_eq!(lists(&items, "genres"), [vec!["Comedy"], vec!["Drama", "Musical"], vec!["unknown"]]);
     }
 
@@ -286,7 +293,10 @@ mod tests {
         assert_eq!(uint8s(&b, "kind"), [0, 0, 0, 0, 1, 0, 0]);
         assert_eq!(int8s(&b, "label"), [1, 1, 1, 1, -1, 0, 0]);
         assert_eq!(ints(&b, "group"), [1, 2, 0, 3, 4, 0, 1]);
-        assert_eq!(floats(&b, "elapsed"), [None, Some(37000.0), Some(55000.0), Some(19000.0), None, None, Some(25000.0)]);
+        assert_eq!(
+            floats(&b, "elapsed"),
+            [None, Some(37000.0), Some(55000.0), Some(19000.0), None, None, Some(25000.0)]
+        );
         assert_eq!(bools(&b, "explained"), [None, Some(false), Some(false), Some(false), None, None, Some(true)]);
         let q = [read_table(r.questions.as_ref().unwrap()).unwrap()];
         assert_eq!(ints(&q, "key"), [0, 1, 2]);

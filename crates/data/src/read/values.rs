@@ -33,11 +33,7 @@ pub(crate) fn parse_i64(b: &[u8]) -> Option<i64> {
             return None;
         }
         v = v.checked_mul(10)?;
-        v = if negative {
-            v.checked_sub(i64::from(d))?
-        } else {
-            v.checked_add(i64::from(d))?
-        };
+        v = if negative { v.checked_sub(i64::from(d))? } else { v.checked_add(i64::from(d))? };
     }
     Some(v)
 }
@@ -92,7 +88,7 @@ pub(crate) fn parse_scaled(b: &[u8], scale: u32) -> Option<i64> {
             let v = parse_f64(b).ok()? * 10f64.powi(scale as i32);
             let r = v.round();
             // i64::MAX as f64 rounds up to 2^63, which is already out of range.
-            return (r >= -9.2e18 && r <= 9.2e18).then_some(r as i64);
+            return (-9.2e18..=9.2e18).contains(&r).then_some(r as i64);
         }
         return None;
     }
@@ -156,9 +152,7 @@ fn digits(b: &[u8], pos: &mut usize, n: usize) -> Option<u32> {
 pub(crate) fn parse_iso8601_ms(b: &[u8]) -> Option<i64> {
     let mut p = 0;
     let year = digits(b, &mut p, 4)?;
-    let expect = |p: &mut usize, c: u8| -> Option<()> {
-        (b.get(*p) == Some(&c)).then(|| *p += 1)
-    };
+    let expect = |p: &mut usize, c: u8| -> Option<()> { (b.get(*p) == Some(&c)).then(|| *p += 1) };
     expect(&mut p, b'-')?;
     let month = digits(b, &mut p, 2)?;
     expect(&mut p, b'-')?;
