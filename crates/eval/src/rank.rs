@@ -97,6 +97,14 @@ pub fn tie_counts<S: Score>(scores: &[S], target: usize) -> (usize, usize) {
 /// better), ties placed by `mode`. A NaN target score gets the worst rank,
 /// `scores.len()`.
 ///
+/// ```
+/// use seqrec_eval::{rank, TieMode};
+/// let scores = [0.9f32, 0.5, 0.5, 0.1, 0.5];
+/// assert_eq!(rank(&scores, 2, TieMode::Optimistic), 2.0);
+/// assert_eq!(rank(&scores, 2, TieMode::Pessimistic), 4.0);
+/// assert_eq!(rank(&scores, 2, TieMode::Median), 3.0);
+/// ```
+///
 /// # Panics
 /// If `target >= scores.len()` (a caller bug).
 pub fn rank<S: Score>(scores: &[S], target: usize, mode: TieMode) -> f64 {

@@ -30,6 +30,18 @@ fn from_fixed(sum: i128, n: u64) -> f64 {
 }
 
 /// Streaming ranking metrics at a fixed set of cut-offs.
+///
+/// ```
+/// use seqrec_eval::RankingAccumulator;
+/// let mut a = RankingAccumulator::new(&[1, 5]);
+/// a.add_ranks(&[1.0, 4.0]);
+/// let mut b = RankingAccumulator::new(&[1, 5]);
+/// b.add_rank(8.0);
+/// a.merge(&b);
+/// let m = a.finish();
+/// assert_eq!(m.recall(5), Some(2.0 / 3.0));
+/// assert_eq!(m.mrr(5), Some((1.0 + 0.25) / 3.0));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RankingAccumulator {
     ks: Vec<usize>,

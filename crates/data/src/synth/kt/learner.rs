@@ -366,6 +366,15 @@ mod tests {
     }
 
     #[test]
+    fn user_ids_beyond_i32_are_an_error() {
+        let (cfg, content) = setup();
+        let mut rows = KtRows::default();
+        let err = simulate_learner(&cfg, &content, 300_000_000, &mut rows).unwrap_err();
+        assert!(err.to_string().contains("beyond i32"), "{err}");
+        assert!(rows.is_empty());
+    }
+
+    #[test]
     fn knowledge_decays_and_saturates() {
         let mut k = Knowledge {
             level: vec![0.0],

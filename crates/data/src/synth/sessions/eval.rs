@@ -62,7 +62,7 @@ impl SyntheticSessions {
         let test_from_ms = t_max - DAY_MS;
         let (mut train, mut candidates) = (Vec::new(), Vec::new());
         for s in 0..self.n_sessions() {
-            if self.times_of(s)[0] >= test_from_ms {
+            if self.times_of(s).first().is_some_and(|&t| t >= test_from_ms) {
                 candidates.push(s);
             } else {
                 train.push(s);

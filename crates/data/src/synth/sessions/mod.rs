@@ -155,10 +155,23 @@ impl SessionsConfig {
         if self.n_sessions == 0 {
             return bad("n_sessions", "found 0, expected at least 1".into());
         }
-        if !(self.days.is_finite() && self.days > 0.0 && self.days < 1e6) {
+        // bounds that keep every millisecond time far inside i64.
+        if !(self.days.is_finite() && self.days > 0.0 && self.days <= 1e6) {
             return bad(
                 "days",
-                format!("found {}, expected a positive number of days", self.days),
+                format!("found {}, expected a number of days in (0, 1e6]", self.days),
+            );
+        }
+        if self.mean_gap_s > 1e9 {
+            return bad(
+                "mean_gap_s",
+                format!("found {}, expected at most 1e9 seconds", self.mean_gap_s),
+            );
+        }
+        if self.start_unix_s.unsigned_abs() > 1_000_000_000_000 {
+            return bad(
+                "start_unix_s",
+                format!("found {}, expected |seconds| <= 1e12", self.start_unix_s),
             );
         }
         Ok(())

@@ -303,11 +303,41 @@ fn oracle_json_and_config_defaults() {
         ..SessionsConfig::default()
     };
     assert!(matches!(bad.generate(), Err(Error::Config { key, .. }) if key == "repeat_prob"));
-    let bad = SessionsConfig {
-        n_topics: 0,
-        ..SessionsConfig::default()
-    };
-    assert!(bad.validate().is_err());
+    for bad in [
+        SessionsConfig {
+            n_topics: 0,
+            ..SessionsConfig::default()
+        },
+        SessionsConfig {
+            n_topics: 3001,
+            ..SessionsConfig::default()
+        },
+        SessionsConfig {
+            days: f64::NAN,
+            ..SessionsConfig::default()
+        },
+        SessionsConfig {
+            mean_gap_s: 1e300,
+            ..SessionsConfig::default()
+        },
+        SessionsConfig {
+            start_unix_s: i64::MAX,
+            ..SessionsConfig::default()
+        },
+        SessionsConfig {
+            max_len: 1,
+            ..SessionsConfig::default()
+        },
+        SessionsConfig {
+            zipf_s: -1.0,
+            ..SessionsConfig::default()
+        },
+    ] {
+        assert!(
+            matches!(bad.validate(), Err(Error::Config { .. })),
+            "{bad:?}"
+        );
+    }
 }
 
 #[test]
