@@ -5,11 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn seqrec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seqrec"))
-        .args(args)
-        .env("SEQREC_LOG", "warn")
-        .output()
-        .expect("run seqrec")
+    Command::new(env!("CARGO_BIN_EXE_seqrec")).args(args).env("SEQREC_LOG", "warn").output().expect("run seqrec")
 }
 
 fn scratch(tag: &str) -> PathBuf {

@@ -74,7 +74,10 @@ fn train(rest: &[String]) -> Result<()> {
     let data = "target/synth/sessions";
     let prepared = "target/prepared/synth-sessions";
     seqrec(&["data", "synth", "sessions", "--out", data])?;
-    seqrec(&[&["data", "prepare", "datasets/synth-sessions.toml", "--dir", data, "--out", prepared][..], &strs(rest)].concat())?;
+    seqrec(
+        &[&["data", "prepare", "datasets/synth-sessions.toml", "--dir", data, "--out", prepared][..], &strs(rest)]
+            .concat(),
+    )?;
     seqrec(&["data", "stats", prepared])?;
     let oracle = std::fs::read_to_string(Path::new(data).join("oracle.json")).context("reading the oracle report")?;
     println!("oracle (exact Bayes predictor) on the test split: {oracle}");

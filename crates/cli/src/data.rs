@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use seqrec_data::dataset::Dataset;
 use seqrec_data::recipe::Recipe;
+use seqrec_data::synth::kt::{write_riiid_parquet, KtConfig};
+use seqrec_data::synth::sessions::SessionsConfig;
 
 use crate::resources::peak_rss_bytes;
 
@@ -26,6 +28,9 @@ pub enum DataCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Generate synthetic data with a known optimal predictor.
+    #[command(subcommand)]
+    Synth(SynthCommand),
     /// Print statistics of a prepared dataset.
     Stats {
         /// Prepared dataset directory.
@@ -36,8 +41,103 @@ pub enum DataCommand {
     },
 }
 
+/// Synthetic generators.
+#[derive(Debug, Subcommand)]
+pub enum SynthCommand {
+    /// Latent-intent sessions as GRU4Rec TSV (`sessions.tsv`) plus the oracle's report (`oracle.json`).
+    Sessions {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Generator config (TOML with the keys of `SessionsConfig`); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seed (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Number of sessions (overrides the config's).
+        #[arg(long)]
+        sessions: Option<usize>,
+    },
+    /// Knowledge tracing in Riiid's schema: train.csv, questions.csv, lectures.csv, truth.csv, oracle.json.
+    Kt {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Generator config (TOML with the keys of `KtConfig`); defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seed (overrides the config's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Number of learners (overrides the config's).
+        #[arg(long)]
+        learners: Option<usize>,
+    },
+    /// A Riiid-schema train parquet of exactly N rows (for ingestion at scale).
+    RiiidParquet {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows to write.
+        #[arg(long)]
+        rows: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn load_config<T: serde::de::DeserializeOwned + Default>(path: Option<&PathBuf>) -> Result<T> {
+    let Some(path) = path else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}: invalid generator config", path.display()))
+}
+
+fn synth(cmd: SynthCommand) -> Result<()> {
+    match cmd {
+        SynthCommand::Sessions { out, config, seed, sessions } => {
+            let mut cfg: SessionsConfig = load_config(config.as_ref())?;
+            cfg.seed = seed.unwrap_or(cfg.seed);
+            cfg.n_sessions = sessions.unwrap_or(cfg.n_sessions);
+            let data = cfg.generate()?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            data.write_gru4rec_tsv(&out.join("sessions.tsv"))?;
+            data.write_oracle_json(&out.join("oracle.json"))?;
+            let r = data.oracle_report();
+            eprintln!(
+                "wrote {} sessions to {}; oracle recall@20 {:.4}, mrr@20 {:.4}",
+                data.n_sessions(),
+                out.display(),
+                r.recall_at_20,
+                r.mrr_at_20
+            );
+        }
+        SynthCommand::Kt { out, config, seed, learners } => {
+            let mut cfg: KtConfig = load_config(config.as_ref())?;
+            cfg.seed = seed.unwrap_or(cfg.seed);
+            cfg.n_learners = learners.unwrap_or(cfg.n_learners);
+            let data = cfg.generate()?;
+            data.write_riiid_csv(&out)?;
+            let r = data.oracle_report();
+            eprintln!(
+                "wrote {} rows to {}; oracle test AUC {:.4}",
+                data.rows.len(),
+                out.display(),
+                r.auc_test.unwrap_or(f64::NAN)
+            );
+        }
+        SynthCommand::RiiidParquet { out, rows, seed } => {
+            let s = write_riiid_parquet(&out, rows, seed)?;
+            eprintln!("wrote {s:?} to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
+        DataCommand::Synth(c) => synth(c),
         DataCommand::Prepare { recipe, out, dir, json } => prepare(recipe, out, dir, json),
         DataCommand::Stats { dir, json } => stats(dir, json),
     }

@@ -29,10 +29,7 @@ enum Command {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter_or_info()
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter_or_info().init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -51,7 +48,9 @@ trait LevelFromEnv {
     fn with_env_filter_or_info(self) -> Self;
 }
 
-impl<N, E, W> LevelFromEnv for tracing_subscriber::fmt::SubscriberBuilder<N, E, tracing_subscriber::filter::LevelFilter, W> {
+impl<N, E, W> LevelFromEnv
+    for tracing_subscriber::fmt::SubscriberBuilder<N, E, tracing_subscriber::filter::LevelFilter, W>
+{
     fn with_env_filter_or_info(self) -> Self {
         let level = std::env::var("SEQREC_LOG")
             .ok()

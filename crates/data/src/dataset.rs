@@ -144,7 +144,8 @@ fn files_under(path: &Path, out: &mut Vec<PathBuf>) {
 /// A cheap fingerprint of the inputs: paths, sizes and modification times.
 fn input_hash(recipe: &Recipe) -> String {
     let mut files = Vec::new();
-    let sources = [&Some(recipe.interactions.clone()), &recipe.users, &recipe.items, &recipe.questions, &recipe.lectures];
+    let sources =
+        [&Some(recipe.interactions.clone()), &recipe.users, &recipe.items, &recipe.questions, &recipe.lectures];
     for s in sources.into_iter().flatten() {
         files_under(&s.path, &mut files);
     }
@@ -153,7 +154,9 @@ fn input_hash(recipe: &Recipe) -> String {
         h.write(f.to_string_lossy().as_bytes());
         if let Ok(m) = std::fs::metadata(&f) {
             h.write_u64(m.len());
-            if let Ok(t) = m.modified().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other)) {
+            if let Ok(t) =
+                m.modified().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other))
+            {
                 h.write_u128(t.as_nanos());
             }
         }
@@ -259,10 +262,7 @@ impl Stats {
             length_median: lens.get(lens.len() / 2).copied().unwrap_or(0),
             length_mean: if lens.is_empty() { 0.0 } else { s.n_events() as f64 / lens.len() as f64 },
             length_max: lens.last().copied().unwrap_or(0),
-            time_range: (
-                s.times.iter().copied().min().unwrap_or(0),
-                s.times.iter().copied().max().unwrap_or(0),
-            ),
+            time_range: (s.times.iter().copied().min().unwrap_or(0), s.times.iter().copied().max().unwrap_or(0)),
             rows_read: meta.rows_read,
             sequences_read: meta.vocab_sizes.get("seq").copied().unwrap_or(0),
             items_read: meta.vocab_sizes.get("item").copied().unwrap_or(0),

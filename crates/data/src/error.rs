@@ -92,26 +92,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// A parquet error on `path`.
     pub fn parquet(path: impl Into<PathBuf>, source: parquet::errors::ParquetError) -> Self {
-        Error::Parquet {
-            path: path.into(),
-            source,
-        }
+        Error::Parquet { path: path.into(), source }
     }
 
     /// A configuration error on `key` of `path`.
     pub fn config(path: impl Into<PathBuf>, key: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config {
-            path: path.into(),
-            key: key.into(),
-            message: message.into(),
-        }
+        Error::Config { path: path.into(), key: key.into(), message: message.into() }
     }
 }

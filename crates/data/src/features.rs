@@ -60,13 +60,7 @@ pub fn is_first_event(store: &SequenceStore) -> Vec<bool> {
 /// # Panics
 /// If `parts.len() != store.n_events()` (a caller bug).
 pub fn fit_gaps(store: &SequenceStore, parts: &[Part]) -> GapParams {
-    assert_eq!(
-        parts.len(),
-        store.n_events(),
-        "fit_gaps: {} parts for {} events",
-        parts.len(),
-        store.n_events()
-    );
+    assert_eq!(parts.len(), store.n_events(), "fit_gaps: {} parts for {} events", parts.len(), store.n_events());
     let stats = (0..store.n_seq())
         .into_par_iter()
         .fold(Moments::default, |mut m, s| {
@@ -80,16 +74,8 @@ pub fn fit_gaps(store: &SequenceStore, parts: &[Part]) -> GapParams {
             m
         })
         .reduce(Moments::default, Moments::merge);
-    let std = if stats.n > 0 {
-        (stats.m2 / stats.n as f64).sqrt()
-    } else {
-        0.0
-    };
-    GapParams {
-        mean: stats.mean,
-        std,
-        n: stats.n,
-    }
+    let std = if stats.n > 0 { (stats.m2 / stats.n as f64).sqrt() } else { 0.0 };
+    GapParams { mean: stats.mean, std, n: stats.n }
 }
 
 /// The normalised gap feature of every event (see [`GapParams::normalise`]);
@@ -132,11 +118,7 @@ impl Moments {
         let n = a.n + b.n;
         let d = b.mean - a.mean;
         let wb = b.n as f64 / n as f64;
-        Moments {
-            n,
-            mean: a.mean + d * wb,
-            m2: a.m2 + b.m2 + d * d * a.n as f64 * wb,
-        }
+        Moments { n, mean: a.mean + d * wb, m2: a.m2 + b.m2 + d * d * a.n as f64 * wb }
     }
 }
 
@@ -166,14 +148,8 @@ mod tests {
     #[test]
     fn raw_gaps_are_seconds_to_the_previous_event() {
         let s = store(&[&[0, 1000, 4000], &[500, 500, 2500], &[7]]);
-        assert_eq!(
-            raw_gaps_seconds(&s),
-            vec![0.0, 1.0, 3.0, 0.0, 0.0, 2.0, 0.0]
-        );
-        assert_eq!(
-            is_first_event(&s),
-            vec![true, false, false, true, false, false, true]
-        );
+        assert_eq!(raw_gaps_seconds(&s), vec![0.0, 1.0, 3.0, 0.0, 0.0, 2.0, 0.0]);
+        assert_eq!(is_first_event(&s), vec![true, false, false, true, false, false, true]);
     }
 
     #[test]
@@ -203,20 +179,9 @@ mod tests {
     fn no_training_gaps_and_zero_std() {
         let s = store(&[&[0], &[0, 1000]]);
         let p = fit_gaps(&s, &[Part::Train, Part::Test, Part::Test]);
-        assert_eq!(
-            p,
-            GapParams {
-                mean: 0.0,
-                std: 0.0,
-                n: 0
-            }
-        );
+        assert_eq!(p, GapParams { mean: 0.0, std: 0.0, n: 0 });
         // std 0 is taken as 1: the feature is log1p(gap) - mean.
-        let p = GapParams {
-            mean: 0.5,
-            std: 0.0,
-            n: 3,
-        };
+        let p = GapParams { mean: 0.5, std: 0.0, n: 3 };
         let g = normalise_gaps(&s, &p);
         assert_eq!(g[..2], [0.0, 0.0]);
         assert!((g[2] as f64 - (2f64.ln() - 0.5)).abs() < 1e-6);
@@ -233,15 +198,7 @@ mod tests {
             ..Events::default()
         };
         let s = SequenceStore::from_events(e).unwrap();
-        let parts: Vec<Part> = (0..n)
-            .map(|_| {
-                if rng.bernoulli(0.8) {
-                    Part::Train
-                } else {
-                    Part::Test
-                }
-            })
-            .collect();
+        let parts: Vec<Part> = (0..n).map(|_| if rng.bernoulli(0.8) { Part::Train } else { Part::Test }).collect();
         let p = fit_gaps(&s, &parts);
         let first = is_first_event(&s);
         let xs: Vec<f64> = raw_gaps_seconds(&s)
@@ -253,20 +210,12 @@ mod tests {
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
         assert_eq!(p.n, xs.len() as u64);
-        assert!(
-            close(p.mean, mean) && close(p.std, var.sqrt()),
-            "{p:?} vs {mean} {}",
-            var.sqrt()
-        );
+        assert!(close(p.mean, mean) && close(p.std, var.sqrt()), "{p:?} vs {mean} {}", var.sqrt());
     }
 
     #[test]
     fn params_round_trip_through_json() {
-        let p = GapParams {
-            mean: 1.25,
-            std: 0.5,
-            n: 7,
-        };
+        let p = GapParams { mean: 1.25, std: 0.5, n: 7 };
         let back: GapParams = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(back, p);
     }

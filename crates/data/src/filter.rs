@@ -87,10 +87,7 @@ pub struct FilterReport {
 /// events of a sequence, lectures included. Single-item sequences are not
 /// looked for again after support has run.
 pub fn apply(store: SequenceStore, cfg: &FilterConfig) -> (SequenceStore, FilterReport) {
-    let mut report = FilterReport {
-        before: StoreCounts::of(&store),
-        ..FilterReport::default()
-    };
+    let mut report = FilterReport { before: StoreCounts::of(&store), ..FilterReport::default() };
     let mut store = store;
     if cfg.collapse_repeats {
         let keep = repeat_mask(&store);
@@ -110,17 +107,10 @@ pub fn apply(store: SequenceStore, cfg: &FilterConfig) -> (SequenceStore, Filter
             let support = item_support(&store);
             let min = cfg.min_item_support as u64;
             report.rare_items += support.iter().filter(|&&c| c > 0 && c < min).count();
-            let rare =
-                |i: usize| is_item_event(&store, i) && support[store.items[i] as usize] < min;
-            keep.par_iter_mut()
-                .enumerate()
-                .for_each(|(i, k)| *k = !rare(i));
+            let rare = |i: usize| is_item_event(&store, i) && support[store.items[i] as usize] < min;
+            keep.par_iter_mut().enumerate().for_each(|(i, k)| *k = !rare(i));
         }
-        let removed = strike_short_sequences(
-            &store,
-            &mut keep,
-            if length_on { cfg.min_seq_len } else { 0 },
-        );
+        let removed = strike_short_sequences(&store, &mut keep, if length_on { cfg.min_seq_len } else { 0 });
         report.item_support.events += removed.support.events;
         report.item_support.sequences += removed.support.sequences;
         report.seq_len.events += removed.length.events;
@@ -143,12 +133,7 @@ fn is_item_event(store: &SequenceStore, i: usize) -> bool {
 /// Events per item id (index = id), counting only item events.
 fn item_support(store: &SequenceStore) -> Vec<u64> {
     let n = store.n_events();
-    let n_ids = store
-        .items
-        .par_iter()
-        .copied()
-        .max()
-        .map_or(0, |m| m as usize + 1);
+    let n_ids = store.items.par_iter().copied().max().map_or(0, |m| m as usize + 1);
     let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 16);
     (0..n.div_ceil(chunk))
         .into_par_iter()
@@ -207,11 +192,7 @@ struct RoundRemovals {
 
 /// Given `keep` after the support pass, also strikes the sequences with
 /// fewer than `min_len` kept events, and tells what each pass removed.
-fn strike_short_sequences(
-    store: &SequenceStore,
-    keep: &mut [bool],
-    min_len: usize,
-) -> RoundRemovals {
+fn strike_short_sequences(store: &SequenceStore, keep: &mut [bool], min_len: usize) -> RoundRemovals {
     let support_events = AtomicUsize::new(0);
     let support_seqs = AtomicUsize::new(0);
     let length_events = AtomicUsize::new(0);
@@ -228,14 +209,8 @@ fn strike_short_sequences(
         }
     });
     RoundRemovals {
-        support: Removed {
-            events: support_events.into_inner(),
-            sequences: support_seqs.into_inner(),
-        },
-        length: Removed {
-            events: length_events.into_inner(),
-            sequences: length_seqs.into_inner(),
-        },
+        support: Removed { events: support_events.into_inner(), sequences: support_seqs.into_inner() },
+        length: Removed { events: length_events.into_inner(), sequences: length_seqs.into_inner() },
     }
 }
 
@@ -281,41 +256,25 @@ mod tests {
         let (out, r) = apply(s.clone(), &FilterConfig::default());
         assert_eq!(out, s);
         assert_eq!(r.iterations, 0);
-        let counts = StoreCounts {
-            events: 4,
-            sequences: 2,
-            items: 3,
-        };
+        let counts = StoreCounts { events: 4, sequences: 2, items: 3 };
         assert_eq!((r.before, r.after), (counts, counts));
     }
 
     #[test]
     fn collapse_keeps_the_first_event_of_each_run() {
         let s = store(&[&[1, 1, 2, 2, 2, 1], &[3, 3]]);
-        let cfg = FilterConfig {
-            collapse_repeats: true,
-            ..FilterConfig::default()
-        };
+        let cfg = FilterConfig { collapse_repeats: true, ..FilterConfig::default() };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2, 1], vec![3]]);
         assert_eq!(out.times, vec![0, 2, 5, 0]);
-        assert_eq!(
-            r.collapse_repeats,
-            Removed {
-                events: 4,
-                sequences: 0
-            }
-        );
+        assert_eq!(r.collapse_repeats, Removed { events: 4, sequences: 0 });
     }
 
     #[test]
     fn collapse_tells_lectures_from_items_with_the_same_id() {
         let mut s = store(&[&[5, 5, 5]]);
         s.kinds = Some(vec![KIND_ITEM, KIND_LECTURE, KIND_LECTURE]);
-        let cfg = FilterConfig {
-            collapse_repeats: true,
-            ..FilterConfig::default()
-        };
+        let cfg = FilterConfig { collapse_repeats: true, ..FilterConfig::default() };
         let (out, _) = apply(s, &cfg);
         assert_eq!(out.kinds, Some(vec![KIND_ITEM, KIND_LECTURE]));
     }
@@ -323,20 +282,11 @@ mod tests {
     #[test]
     fn single_item_sequences_are_dropped() {
         let s = store(&[&[1, 1], &[1, 2], &[3], &[4, 4, 4]]);
-        let cfg = FilterConfig {
-            drop_single_item_seqs: true,
-            ..FilterConfig::default()
-        };
+        let cfg = FilterConfig { drop_single_item_seqs: true, ..FilterConfig::default() };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2]]);
         assert_eq!(out.seq_ids, vec![2]);
-        assert_eq!(
-            r.single_item_seqs,
-            Removed {
-                events: 6,
-                sequences: 3
-            }
-        );
+        assert_eq!(r.single_item_seqs, Removed { events: 6, sequences: 3 });
     }
 
     #[test]
@@ -344,38 +294,12 @@ mod tests {
         // Item 2 occurs once as an item (rare) and once as a lecture (kept,
         // and not counted toward item 2's support); item 4 occurs once.
         let mut s = store(&[&[1, 2, 2, 3], &[1, 3, 4]]);
-        s.kinds = Some(vec![
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_LECTURE,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_ITEM,
-        ]);
-        let cfg = FilterConfig {
-            min_item_support: 2,
-            ..FilterConfig::default()
-        };
+        s.kinds = Some(vec![KIND_ITEM, KIND_ITEM, KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM, KIND_ITEM]);
+        let cfg = FilterConfig { min_item_support: 2, ..FilterConfig::default() };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2, 3], vec![1, 3]]);
-        assert_eq!(
-            out.kinds,
-            Some(vec![
-                KIND_ITEM,
-                KIND_LECTURE,
-                KIND_ITEM,
-                KIND_ITEM,
-                KIND_ITEM
-            ])
-        );
-        assert_eq!(
-            r.item_support,
-            Removed {
-                events: 2,
-                sequences: 0
-            }
-        );
+        assert_eq!(out.kinds, Some(vec![KIND_ITEM, KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM]));
+        assert_eq!(r.item_support, Removed { events: 2, sequences: 0 });
         assert_eq!(r.rare_items, 2);
         assert_eq!(r.iterations, 1);
         assert_eq!(r.before.items, 4);
@@ -385,27 +309,11 @@ mod tests {
     #[test]
     fn length_counts_all_events() {
         let mut s = store(&[&[1, 2], &[1], &[3, 4, 5]]);
-        s.kinds = Some(vec![
-            KIND_ITEM,
-            KIND_LECTURE,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_ITEM,
-        ]);
-        let cfg = FilterConfig {
-            min_seq_len: 2,
-            ..FilterConfig::default()
-        };
+        s.kinds = Some(vec![KIND_ITEM, KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM, KIND_ITEM]);
+        let cfg = FilterConfig { min_seq_len: 2, ..FilterConfig::default() };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![1, 2], vec![3, 4, 5]]);
-        assert_eq!(
-            r.seq_len,
-            Removed {
-                events: 1,
-                sequences: 1
-            }
-        );
+        assert_eq!(r.seq_len, Removed { events: 1, sequences: 1 });
         assert_eq!(r.iterations, 1);
     }
 
@@ -416,38 +324,15 @@ mod tests {
         // item 3 becomes rare. Round 3: [3, 5, 5] becomes [5, 5]; length
         // removes nothing: done.
         let s = store(&[&[1, 2], &[2, 3], &[3, 5, 5], &[5, 6, 6]]);
-        let cfg = FilterConfig {
-            min_item_support: 2,
-            min_seq_len: 2,
-            ..FilterConfig::default()
-        };
+        let cfg = FilterConfig { min_item_support: 2, min_seq_len: 2, ..FilterConfig::default() };
         let (out, r) = apply(s, &cfg);
         assert_eq!(sequences(&out), vec![vec![5, 5], vec![5, 6, 6]]);
         assert_eq!(out.seq_ids, vec![3, 4]);
         assert_eq!(r.iterations, 3);
-        assert_eq!(
-            r.item_support,
-            Removed {
-                events: 3,
-                sequences: 0
-            }
-        );
+        assert_eq!(r.item_support, Removed { events: 3, sequences: 0 });
         assert_eq!(r.rare_items, 3);
-        assert_eq!(
-            r.seq_len,
-            Removed {
-                events: 2,
-                sequences: 2
-            }
-        );
-        assert_eq!(
-            r.after,
-            StoreCounts {
-                events: 5,
-                sequences: 2,
-                items: 2
-            }
-        );
+        assert_eq!(r.seq_len, Removed { events: 2, sequences: 2 });
+        assert_eq!(r.after, StoreCounts { events: 5, sequences: 2, items: 2 });
     }
 
     #[test]
@@ -488,16 +373,11 @@ mod tests {
             let (out, r) = apply(store(&refs), &cfg);
             out.validate().unwrap();
             let support = item_support(&out);
-            assert!(out
-                .items
-                .iter()
-                .all(|&i| support[i as usize] >= cfg.min_item_support as u64));
+            assert!(out.items.iter().all(|&i| support[i as usize] >= cfg.min_item_support as u64));
             assert!((0..out.n_seq()).all(|q| out.len_of(q) >= cfg.min_seq_len));
             assert_eq!(r.after, StoreCounts::of(&out));
-            let removed = r.collapse_repeats.events
-                + r.single_item_seqs.events
-                + r.item_support.events
-                + r.seq_len.events;
+            let removed =
+                r.collapse_repeats.events + r.single_item_seqs.events + r.item_support.events + r.seq_len.events;
             assert_eq!(r.before.events - r.after.events, removed);
             // Every kept sequence is a subsequence of its input sequence.
             for q in 0..out.n_seq() {
@@ -506,11 +386,7 @@ mod tests {
                 assert!(out.items_of(q).iter().all(|x| it.any(|y| y == x)));
             }
             // Support and length alone change nothing more.
-            let again = FilterConfig {
-                collapse_repeats: false,
-                drop_single_item_seqs: false,
-                ..cfg
-            };
+            let again = FilterConfig { collapse_repeats: false, drop_single_item_seqs: false, ..cfg };
             let (out2, r2) = apply(out.clone(), &again);
             assert_eq!(out2, out, "seed {seed}");
             assert!(r2.iterations <= 1);

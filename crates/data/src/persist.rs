@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{
-    ArrayRef, RecordBatchReader, Float32Array, Int64Array, Int8Array, RecordBatch, StringArray, UInt32Array, UInt8Array,
+    ArrayRef, Float32Array, Int64Array, Int8Array, RecordBatch, RecordBatchReader, StringArray, UInt32Array, UInt8Array,
 };
 use arrow_schema::{Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -115,20 +115,12 @@ fn seq_column(store: &SequenceStore) -> Vec<u32> {
     out
 }
 
-fn events_batch(
-    store: &SequenceStore,
-    parts: &[Part],
-    seq: &[u32],
-    r: std::ops::Range<usize>,
-) -> Result<RecordBatch> {
+fn events_batch(store: &SequenceStore, parts: &[Part], seq: &[u32], r: std::ops::Range<usize>) -> Result<RecordBatch> {
     let mut cols: Vec<(&str, ArrayRef)> = vec![
         (event_col::SEQ, Arc::new(UInt32Array::from(seq[r.clone()].to_vec()))),
         (event_col::ITEM, Arc::new(UInt32Array::from(store.items[r.clone()].to_vec()))),
         (event_col::TIME, Arc::new(Int64Array::from(store.times[r.clone()].to_vec()))),
-        (
-            event_col::PART,
-            Arc::new(UInt8Array::from(parts[r.clone()].iter().map(|&p| p as u8).collect::<Vec<_>>())),
-        ),
+        (event_col::PART, Arc::new(UInt8Array::from(parts[r.clone()].iter().map(|&p| p as u8).collect::<Vec<_>>()))),
     ];
     if let Some(v) = &store.ratings {
         cols.push((event_col::RATING, Arc::new(Float32Array::from(v[r.clone()].to_vec()))));
@@ -293,20 +285,25 @@ pub fn write_vocab(path: &Path, vocab: &Vocab) -> Result<()> {
 /// I/O and parquet errors, or a file whose values are not sorted and distinct.
 pub fn read_vocab(path: &Path) -> Result<Vocab> {
     let b = read_parquet(path)?;
-    let col = b.column_by_name("value").ok_or_else(|| Error::File {
-        path: path.to_path_buf(),
-        message: "missing column `value`".into(),
-    })?;
+    let col = b
+        .column_by_name("value")
+        .ok_or_else(|| Error::File { path: path.to_path_buf(), message: "missing column `value`".into() })?;
     let v = if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
         let v = a.values().to_vec();
         if v.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::File { path: path.into(), message: "vocabulary values are not sorted and distinct".into() });
+            return Err(Error::File {
+                path: path.into(),
+                message: "vocabulary values are not sorted and distinct".into(),
+            });
         }
         Vocab::Int(v)
     } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
         let v: Vec<String> = a.iter().map(|s| s.unwrap_or_default().to_owned()).collect();
         if v.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::File { path: path.into(), message: "vocabulary values are not sorted and distinct".into() });
+            return Err(Error::File {
+                path: path.into(),
+                message: "vocabulary values are not sorted and distinct".into(),
+            });
         }
         Vocab::Str(v)
     } else {

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use arrow_array::{
-    Array, ArrayRef, BooleanArray, Float32Array, Int64Array, Int8Array, RecordBatch, UInt8Array,
-};
+use arrow_array::{Array, ArrayRef, BooleanArray, Float32Array, Int64Array, Int8Array, RecordBatch, UInt8Array};
 
 use crate::dataset::{DatasetMeta, StageSeconds};
 use crate::persist::{self, Counts, PreparedEvents};
@@ -39,9 +37,11 @@ struct RawColumns {
 fn typed<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<Option<&'a T>> {
     match b.column_by_name(name) {
         None => Ok(None),
-        Some(c) => c.as_any().downcast_ref::<T>().map(Some).ok_or_else(|| {
-            Error::Invalid(format!("reader produced column `{name}` of type {}", c.data_type()))
-        }),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Some)
+            .ok_or_else(|| Error::Invalid(format!("reader produced column `{name}` of type {}", c.data_type()))),
     }
 }
 
@@ -49,9 +49,7 @@ impl RawColumns {
     fn push(&mut self, b: &RecordBatch) -> Result<()> {
         self.bytes += b.get_array_memory_size() as u64;
         let need = |name: &str| {
-            b.column_by_name(name)
-                .cloned()
-                .ok_or_else(|| Error::Invalid(format!("reader produced no `{name}` column")))
+            b.column_by_name(name).cloned().ok_or_else(|| Error::Invalid(format!("reader produced no `{name}` column")))
         };
         self.seq.push(need(col::SEQ)?);
         self.item.push(need(col::ITEM)?);
@@ -79,9 +77,7 @@ impl RawColumns {
             }
         }
         if let Some(a) = typed::<BooleanArray>(b, col::EXPLAINED)? {
-            self.explained
-                .get_or_insert_with(Vec::new)
-                .extend(a.iter().map(|x| x.map_or(-1, i8::from)));
+            self.explained.get_or_insert_with(Vec::new).extend(a.iter().map(|x| x.map_or(-1, i8::from)));
         }
         Ok(())
     }
@@ -92,7 +88,8 @@ fn concat_keys(parts: &[ArrayRef], what: &str) -> Result<ArrayRef> {
     if refs.is_empty() {
         return Ok(std::sync::Arc::new(Int64Array::from(Vec::<i64>::new())));
     }
-    arrow_select::concat::concat(&refs).map_err(|e| Error::Arrow { context: format!("joining `{what}` keys"), source: e })
+    arrow_select::concat::concat(&refs)
+        .map_err(|e| Error::Arrow { context: format!("joining `{what}` keys"), source: e })
 }
 
 /// Item keys split by kind: events of kind item use the `item` vocabulary,
@@ -113,10 +110,7 @@ fn encode_items(keys: &dyn Array, kinds: Option<&[u8]>) -> Result<(Vec<u32>, Voc
     let (qv, lv) = (Vocab::from_arrays(&[q.as_ref()])?, Vocab::from_arrays(&[l.as_ref()])?);
     let (qi, li) = (qv.encode(q.as_ref(), "item")?, lv.encode(l.as_ref(), "lecture")?);
     let (mut qi, mut li) = (qi.into_iter(), li.into_iter());
-    let ids = kinds
-        .iter()
-        .map(|&k| if k == KIND_LECTURE { li.next() } else { qi.next() }.unwrap_or(0))
-        .collect();
+    let ids = kinds.iter().map(|&k| if k == KIND_LECTURE { li.next() } else { qi.next() }.unwrap_or(0)).collect();
     Ok((ids, qv, Some(lv)))
 }
 
@@ -137,10 +131,7 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     let n_read = raw.time.len();
     let decoded_bytes = raw.bytes;
     if n_read == 0 {
-        return Err(Error::Invalid(format!(
-            "{}: no interactions were read",
-            recipe.interactions.path.display()
-        )));
+        return Err(Error::Invalid(format!("{}: no interactions were read", recipe.interactions.path.display())));
     }
 
     let t = Instant::now();

@@ -22,12 +22,7 @@ impl Rng {
     /// A generator for `seed`; equal seeds give equal streams.
     pub fn new(seed: u64) -> Self {
         let mut x = seed;
-        let s = [
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-            splitmix64(&mut x),
-        ];
+        let s = [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)];
         Rng { s }
     }
 

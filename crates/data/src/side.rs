@@ -57,10 +57,9 @@ fn encode_table(
     batch: &RecordBatch,
     vocab: &Vocab,
 ) -> Result<(RecordBatch, BTreeMap<String, Vocab>)> {
-    let key = batch.column_by_name(col::KEY).ok_or_else(|| Error::File {
-        path: path.to_path_buf(),
-        message: "side table has no key column".into(),
-    })?;
+    let key = batch
+        .column_by_name(col::KEY)
+        .ok_or_else(|| Error::File { path: path.to_path_buf(), message: "side table has no key column".into() })?;
     // Row of each id (id 1..=len); rows whose key the interactions never use are dropped.
     let mut row_of = vec![usize::MAX; vocab.n_ids()];
     for row in 0..key.len() {
@@ -117,7 +116,8 @@ fn encode_table(
             _ => {
                 let picked: Vec<Option<String>> = rows.iter().map(|&r| key_text(array.as_ref(), r)).collect();
                 let v = Vocab::from_strs(picked.iter().flatten());
-                let ids: Vec<u32> = picked.iter().map(|k| k.as_deref().and_then(|k| v.id_str(k)).unwrap_or(0)).collect();
+                let ids: Vec<u32> =
+                    picked.iter().map(|k| k.as_deref().and_then(|k| v.id_str(k)).unwrap_or(0)).collect();
                 vocabs.insert(vname, v);
                 Arc::new(UInt32Array::from(ids))
             }

@@ -141,23 +141,15 @@ pub struct SplitReport {
 /// [`Error::Invalid`] when `cfg` holds an impossible value (negative days,
 /// fractions outside `[0, 1]` or summing above 1, `valid_from` after
 /// `test_from`).
-pub fn apply(
-    store: SequenceStore,
-    cfg: &SplitConfig,
-) -> Result<(SequenceStore, Vec<Part>, SplitReport)> {
+pub fn apply(store: SequenceStore, cfg: &SplitConfig) -> Result<(SequenceStore, Vec<Part>, SplitReport)> {
     check_config(cfg)?;
-    let mut report = SplitReport {
-        kind: kind_name(cfg).to_owned(),
-        ..SplitReport::default()
-    };
+    let mut report = SplitReport { kind: kind_name(cfg).to_owned(), ..SplitReport::default() };
     let (parts, short) = assign_parts(&store, cfg);
     report.short_sequences_in_train = short;
 
     let seen = TrainItems::of(&store, &parts);
-    let mut keep: Vec<bool> = (0..store.n_events())
-        .into_par_iter()
-        .map(|i| parts[i] == Part::Train || seen.contains(&store, i))
-        .collect();
+    let mut keep: Vec<bool> =
+        (0..store.n_events()).into_par_iter().map(|i| parts[i] == Part::Train || seen.contains(&store, i)).collect();
     report.removed_unseen_valid = count_removed(&keep, &parts, Part::Valid);
     report.removed_unseen_test = count_removed(&keep, &parts, Part::Test);
     report.removed_unseen = report.removed_unseen_valid + report.removed_unseen_test;
@@ -168,11 +160,7 @@ pub fn apply(
     let (store, parts) = if keep.iter().all(|&k| k) {
         (store, parts)
     } else {
-        let kept_parts: Vec<Part> = parts
-            .par_iter()
-            .zip(&keep)
-            .filter_map(|(&p, &k)| k.then_some(p))
-            .collect();
+        let kept_parts: Vec<Part> = parts.par_iter().zip(&keep).filter_map(|(&p, &k)| k.then_some(p)).collect();
         let kept = store.retain(&keep);
         report.removed_sequences = store.n_seq() - kept.n_seq();
         (kept, kept_parts)
@@ -200,10 +188,7 @@ fn check_config(cfg: &SplitConfig) -> Result<()> {
         SplitConfig::LastDays { days, valid_days } => {
             for (key, v) in [("days", days), ("valid_days", valid_days)] {
                 if !(v.is_finite() && v >= 0.0) {
-                    return bad(
-                        key,
-                        format!("expected a finite number of days >= 0, found {v}"),
-                    );
+                    return bad(key, format!("expected a finite number of days >= 0, found {v}"));
                 }
             }
         }
@@ -214,16 +199,10 @@ fn check_config(cfg: &SplitConfig) -> Result<()> {
                 }
             }
             if test + valid > 1.0 {
-                return bad(
-                    "valid",
-                    format!("test + valid must be at most 1, found {test} + {valid}"),
-                );
+                return bad("valid", format!("test + valid must be at most 1, found {test} + {valid}"));
             }
         }
-        SplitConfig::TimeCut {
-            test_from,
-            valid_from: Some(valid_from),
-        } if valid_from > test_from => {
+        SplitConfig::TimeCut { test_from, valid_from: Some(valid_from) } if valid_from > test_from => {
             return bad(
                 "valid_from",
                 format!("expected a time at or before test_from ({test_from}), found {valid_from}"),
@@ -263,10 +242,7 @@ fn assign_parts(store: &SequenceStore, cfg: &SplitConfig) -> (Vec<Part>, usize) 
                 }
             });
         }
-        SplitConfig::TimeCut {
-            test_from,
-            valid_from,
-        } => {
+        SplitConfig::TimeCut { test_from, valid_from } => {
             let valid_from = valid_from.unwrap_or(test_from);
             parts.par_iter_mut().zip(&store.times).for_each(|(p, &t)| {
                 if t >= test_from {
@@ -306,17 +282,8 @@ struct TrainItems {
 
 impl TrainItems {
     fn of(store: &SequenceStore, parts: &[Part]) -> Self {
-        let n_ids = store
-            .items
-            .par_iter()
-            .copied()
-            .max()
-            .map_or(0, |m| m as usize + 1);
-        let n_kinds = store
-            .kinds
-            .as_ref()
-            .and_then(|k| k.par_iter().copied().max())
-            .map_or(1, |m| m as usize + 1);
+        let n_ids = store.items.par_iter().copied().max().map_or(0, |m| m as usize + 1);
+        let n_kinds = store.kinds.as_ref().and_then(|k| k.par_iter().copied().max()).map_or(1, |m| m as usize + 1);
         let n = store.n_events();
         let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 16);
         let empty = || vec![false; n_ids * n_kinds];
@@ -351,10 +318,7 @@ fn key(store: &SequenceStore, n_ids: usize, i: usize) -> usize {
 }
 
 fn count_removed(keep: &[bool], parts: &[Part], part: Part) -> usize {
-    keep.par_iter()
-        .zip(parts)
-        .filter(|&(&k, &p)| !k && p == part)
-        .count()
+    keep.par_iter().zip(parts).filter(|&(&k, &p)| !k && p == part).count()
 }
 
 /// Strikes validation and test sessions with exactly one kept event; returns
@@ -413,10 +377,8 @@ mod tests {
 
     /// Items at times 0, 1, 2, ...
     fn items(seqs: &[&[u32]]) -> SequenceStore {
-        let evs: Vec<Vec<(u32, i64)>> = seqs
-            .iter()
-            .map(|s| s.iter().enumerate().map(|(t, &i)| (i, t as i64)).collect())
-            .collect();
+        let evs: Vec<Vec<(u32, i64)>> =
+            seqs.iter().map(|s| s.iter().enumerate().map(|(t, &i)| (i, t as i64)).collect()).collect();
         let refs: Vec<&[(u32, i64)]> = evs.iter().map(Vec::as_slice).collect();
         store(&refs)
     }
@@ -443,36 +405,12 @@ mod tests {
         let cfg = SplitConfig::LeaveLastOut { n: 1, valid: 1 };
         let (out, parts, r) = apply(s, &cfg).unwrap();
         assert_eq!(out.items, vec![1, 2, 5, 6, 1, 5, 2]);
-        assert_eq!(
-            parts_by_seq(&out, &parts),
-            vec![vec![Tr, Tr], vec![Tr, Tr], vec![Tr, Va, Te]]
-        );
-        assert_eq!(
-            (
-                r.removed_unseen,
-                r.removed_unseen_valid,
-                r.removed_unseen_test
-            ),
-            (2, 1, 1)
-        );
+        assert_eq!(parts_by_seq(&out, &parts), vec![vec![Tr, Tr], vec![Tr, Tr], vec![Tr, Va, Te]]);
+        assert_eq!((r.removed_unseen, r.removed_unseen_valid, r.removed_unseen_test), (2, 1, 1));
         assert_eq!(r.short_sequences_in_train, 1);
         assert_eq!(r.removed_sequences, 0);
-        assert_eq!(
-            r.events,
-            PartCounts {
-                train: 5,
-                valid: 1,
-                test: 1
-            }
-        );
-        assert_eq!(
-            r.sequences,
-            PartCounts {
-                train: 3,
-                valid: 1,
-                test: 1
-            }
-        );
+        assert_eq!(r.events, PartCounts { train: 5, valid: 1, test: 1 });
+        assert_eq!(r.sequences, PartCounts { train: 3, valid: 1, test: 1 });
         out.validate().unwrap();
     }
 
@@ -481,14 +419,7 @@ mod tests {
         // Item 3 is in training only as a lecture, so the test item 3 is unseen;
         // the test lecture 3 is seen.
         let mut s = items(&[&[3, 1, 3], &[1, 2, 3]]);
-        s.kinds = Some(vec![
-            KIND_LECTURE,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_ITEM,
-            KIND_LECTURE,
-        ]);
+        s.kinds = Some(vec![KIND_LECTURE, KIND_ITEM, KIND_ITEM, KIND_ITEM, KIND_ITEM, KIND_LECTURE]);
         let (out, parts, r) = apply(s, &SplitConfig::LeaveLastOut { n: 1, valid: 0 }).unwrap();
         assert_eq!(out.items, vec![3, 1, 1, 2, 3]);
         assert_eq!(parts, vec![Tr, Tr, Tr, Tr, Te]);
@@ -500,46 +431,26 @@ mod tests {
         const D: i64 = 86_400_000;
         let s = store(&[
             &[(1, 0), (2, 1000)],                    // starts day 0: train
-            &[(1, 3 * D / 2), (2, 5 * D / 2)], // starts day 1.5: valid, even though it ends in the test window
-            &[(1, 2 * D), (9, 2 * D + 5)], // starts exactly at the test cut: test; 9 unseen leaves one event
-            &[(2, 5 * D / 2), (1, 3 * D)], // test; t_max = 3 days
-            &[(3, D / 2), (4, D / 2 + 1)], // train
+            &[(1, 3 * D / 2), (2, 5 * D / 2)],       // starts day 1.5: valid, even though it ends in the test window
+            &[(1, 2 * D), (9, 2 * D + 5)],           // starts exactly at the test cut: test; 9 unseen leaves one event
+            &[(2, 5 * D / 2), (1, 3 * D)],           // test; t_max = 3 days
+            &[(3, D / 2), (4, D / 2 + 1)],           // train
             &[(9, 11 * D / 5), (8, 11 * D / 5 + 1)], // test, all unseen
         ]);
-        let cfg = SplitConfig::LastDays {
-            days: 1.0,
-            valid_days: 1.0,
-        };
+        let cfg = SplitConfig::LastDays { days: 1.0, valid_days: 1.0 };
         let (out, parts, r) = apply(s, &cfg).unwrap();
         assert_eq!(out.seq_ids, vec![1, 2, 4, 5]);
-        assert_eq!(
-            parts_by_seq(&out, &parts),
-            vec![vec![Tr, Tr], vec![Va, Va], vec![Te, Te], vec![Tr, Tr]]
-        );
+        assert_eq!(parts_by_seq(&out, &parts), vec![vec![Tr, Tr], vec![Va, Va], vec![Te, Te], vec![Tr, Tr]]);
         assert_eq!((r.removed_unseen, r.removed_unseen_test), (3, 3));
         assert_eq!(r.removed_short_sessions, 1);
         assert_eq!(r.removed_sequences, 2);
-        assert_eq!(
-            r.events,
-            PartCounts {
-                train: 4,
-                valid: 2,
-                test: 2
-            }
-        );
+        assert_eq!(r.events, PartCounts { train: 4, valid: 2, test: 2 });
     }
 
     #[test]
     fn time_cut_splits_events() {
-        let s = store(&[
-            &[(1, 0), (2, 5), (3, 9), (1, 10), (4, 11)],
-            &[(1, 6), (1, 12)],
-            &[(5, 11)],
-        ]);
-        let cfg = SplitConfig::TimeCut {
-            test_from: 10,
-            valid_from: Some(5),
-        };
+        let s = store(&[&[(1, 0), (2, 5), (3, 9), (1, 10), (4, 11)], &[(1, 6), (1, 12)], &[(5, 11)]]);
+        let cfg = SplitConfig::TimeCut { test_from: 10, valid_from: Some(5) };
         let (out, parts, r) = apply(s, &cfg).unwrap();
         assert_eq!(out.items, vec![1, 1, 1, 1]);
         assert_eq!(parts_by_seq(&out, &parts), vec![vec![Tr, Te], vec![Va, Te]]);
@@ -551,43 +462,20 @@ mod tests {
     #[test]
     fn last_fraction_rounds_per_sequence() {
         let s = items(&[&[1; 10], &[1; 3], &[1; 2], &[1]]);
-        let cfg = SplitConfig::LastFraction {
-            test: 0.2,
-            valid: 0.2,
-        };
+        let cfg = SplitConfig::LastFraction { test: 0.2, valid: 0.2 };
         let (_, parts, r) = apply(s, &cfg).unwrap();
         let mut expect = vec![Tr; 6];
         expect.extend([Va, Va, Te, Te]);
         expect.extend([Tr, Va, Te]); // 3 * 0.2 = 0.6 rounds to 1
         expect.extend([Tr, Tr, Tr]); // 2 * 0.2 = 0.4 and 1 * 0.2 round to 0
         assert_eq!(parts, expect);
-        assert_eq!(
-            r.events,
-            PartCounts {
-                train: 10,
-                valid: 3,
-                test: 3
-            }
-        );
+        assert_eq!(r.events, PartCounts { train: 10, valid: 3, test: 3 });
         let s = items(&[&[1, 1, 1], &[1]]);
-        let (_, parts, _) = apply(
-            s.clone(),
-            &SplitConfig::LastFraction {
-                test: 0.5,
-                valid: 0.0,
-            },
-        )
-        .unwrap();
+        let (_, parts, _) = apply(s.clone(), &SplitConfig::LastFraction { test: 0.5, valid: 0.0 }).unwrap();
         // 3 * 0.5 = 1.5 and 1 * 0.5 round away from zero.
         assert_eq!(parts, vec![Tr, Te, Te, Te]);
         // Valid gets what test leaves: round(1.5) = 2 for both, but 3 - 2 = 1 is left; none for 1.
-        let (parts, _) = assign_parts(
-            &s,
-            &SplitConfig::LastFraction {
-                test: 0.5,
-                valid: 0.5,
-            },
-        );
+        let (parts, _) = assign_parts(&s, &SplitConfig::LastFraction { test: 0.5, valid: 0.5 });
         assert_eq!(parts, vec![Va, Te, Te, Te]);
     }
 
@@ -595,26 +483,11 @@ mod tests {
     fn impossible_configs_are_errors() {
         let s = items(&[&[1]]);
         let bad = [
-            SplitConfig::LastDays {
-                days: -1.0,
-                valid_days: 0.0,
-            },
-            SplitConfig::LastDays {
-                days: 1.0,
-                valid_days: f64::NAN,
-            },
-            SplitConfig::LastFraction {
-                test: 0.7,
-                valid: 0.4,
-            },
-            SplitConfig::LastFraction {
-                test: 1.5,
-                valid: 0.0,
-            },
-            SplitConfig::TimeCut {
-                test_from: 5,
-                valid_from: Some(6),
-            },
+            SplitConfig::LastDays { days: -1.0, valid_days: 0.0 },
+            SplitConfig::LastDays { days: 1.0, valid_days: f64::NAN },
+            SplitConfig::LastFraction { test: 0.7, valid: 0.4 },
+            SplitConfig::LastFraction { test: 1.5, valid: 0.0 },
+            SplitConfig::TimeCut { test_from: 5, valid_from: Some(6) },
         ];
         for cfg in bad {
             let msg = apply(s.clone(), &cfg).unwrap_err().to_string();
@@ -631,49 +504,26 @@ mod tests {
                 .map(|_| {
                     let len = 1 + rng.below(10) as usize;
                     let start = rng.below(10 * 86_400_000) as i64;
-                    (0..len as i64)
-                        .map(|t| (1 + rng.below(20) as u32, start + t * 60_000))
-                        .collect()
+                    (0..len as i64).map(|t| (1 + rng.below(20) as u32, start + t * 60_000)).collect()
                 })
                 .collect();
             let refs: Vec<&[(u32, i64)]> = seqs.iter().map(Vec::as_slice).collect();
             let s = store(&refs);
             let cfgs = [
-                SplitConfig::LeaveLastOut {
-                    n: rng.below(3) as usize,
-                    valid: rng.below(3) as usize,
-                },
-                SplitConfig::LastDays {
-                    days: 2.0,
-                    valid_days: 1.0,
-                },
-                SplitConfig::TimeCut {
-                    test_from: 8 * 86_400_000,
-                    valid_from: Some(6 * 86_400_000),
-                },
-                SplitConfig::LastFraction {
-                    test: 0.3,
-                    valid: 0.2,
-                },
+                SplitConfig::LeaveLastOut { n: rng.below(3) as usize, valid: rng.below(3) as usize },
+                SplitConfig::LastDays { days: 2.0, valid_days: 1.0 },
+                SplitConfig::TimeCut { test_from: 8 * 86_400_000, valid_from: Some(6 * 86_400_000) },
+                SplitConfig::LastFraction { test: 0.3, valid: 0.2 },
             ];
             for cfg in cfgs {
                 let (out, parts, r) = apply(s.clone(), &cfg).unwrap();
                 out.validate().unwrap();
                 assert_eq!(parts.len(), out.n_events());
                 let total = r.events.train + r.events.valid + r.events.test;
-                assert_eq!(
-                    total + r.removed_unseen + r.removed_short_sessions,
-                    s.n_events()
-                );
-                let train: Vec<u32> = (0..out.n_events())
-                    .filter(|&i| parts[i] == Tr)
-                    .map(|i| out.items[i])
-                    .collect();
+                assert_eq!(total + r.removed_unseen + r.removed_short_sessions, s.n_events());
+                let train: Vec<u32> = (0..out.n_events()).filter(|&i| parts[i] == Tr).map(|i| out.items[i]).collect();
                 for q in 0..out.n_seq() {
-                    assert!(
-                        parts[out.range(q)].windows(2).all(|w| w[0] <= w[1]),
-                        "{cfg:?}"
-                    );
+                    assert!(parts[out.range(q)].windows(2).all(|w| w[0] <= w[1]), "{cfg:?}");
                     for i in out.range(q) {
                         assert!(parts[i] == Tr || train.contains(&out.items[i]));
                     }

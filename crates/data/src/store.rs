@@ -83,20 +83,13 @@ impl SequenceStore {
             return bad("offsets must start at 0".into());
         }
         if *self.offsets.last().unwrap_or(&0) != n {
-            return bad(format!(
-                "last offset {:?} != {n} events",
-                self.offsets.last()
-            ));
+            return bad(format!("last offset {:?} != {n} events", self.offsets.last()));
         }
         if self.offsets.windows(2).any(|w| w[0] > w[1]) {
             return bad("offsets decrease".into());
         }
         if self.seq_ids.len() != self.n_seq() {
-            return bad(format!(
-                "{} seq ids for {} sequences",
-                self.seq_ids.len(),
-                self.n_seq()
-            ));
+            return bad(format!("{} seq ids for {} sequences", self.seq_ids.len(), self.n_seq()));
         }
         let lens = [
             ("times", Some(self.times.len())),
@@ -176,16 +169,9 @@ impl SequenceStore {
     pub fn from_events(events: Events) -> Result<SequenceStore> {
         check_event_columns(&events)?;
         let n = events.seq.len();
-        let n_parts = if n < PARALLEL_MIN_EVENTS {
-            1
-        } else {
-            rayon::current_num_threads().clamp(1, MAX_SCATTER_PARTS)
-        };
-        let Grouping {
-            offsets,
-            seq_ids,
-            mut perm,
-        } = group_permutation(&events.seq, n_parts)?;
+        let n_parts =
+            if n < PARALLEL_MIN_EVENTS { 1 } else { rayon::current_num_threads().clamp(1, MAX_SCATTER_PARTS) };
+        let Grouping { offsets, seq_ids, mut perm } = group_permutation(&events.seq, n_parts)?;
         drop(events.seq);
 
         let times_in = events.times;
@@ -222,10 +208,8 @@ impl SequenceStore {
             keep.len(),
             self.n_events()
         );
-        let kept_per_seq: Vec<usize> = (0..self.n_seq())
-            .into_par_iter()
-            .map(|s| keep[self.range(s)].iter().filter(|&&k| k).count())
-            .collect();
+        let kept_per_seq: Vec<usize> =
+            (0..self.n_seq()).into_par_iter().map(|s| keep[self.range(s)].iter().filter(|&&k| k).count()).collect();
         let mut offsets = Vec::with_capacity(self.n_seq() + 1);
         let mut seq_ids = Vec::new();
         offsets.push(0);
@@ -267,22 +251,13 @@ impl SequenceStore {
         F: Fn(usize, &mut [T]) + Sync,
     {
         let n = self.n_events();
-        assert_eq!(
-            out.len(),
-            n,
-            "per-sequence column has {} entries for {n} events",
-            out.len()
-        );
+        assert_eq!(out.len(), n, "per-sequence column has {} entries for {n} events", out.len());
         let n_seq = self.n_seq();
         if n_seq == 0 {
             return;
         }
         // A few chunks per thread balance the load when sequence lengths vary.
-        let n_chunks = if n < PARALLEL_MIN_EVENTS {
-            1
-        } else {
-            (4 * rayon::current_num_threads()).min(n_seq)
-        };
+        let n_chunks = if n < PARALLEL_MIN_EVENTS { 1 } else { (4 * rayon::current_num_threads()).min(n_seq) };
         let mut bounds = vec![0usize];
         for c in 1..n_chunks {
             let target = n * c / n_chunks;
@@ -290,18 +265,12 @@ impl SequenceStore {
             bounds.push(b.max(*bounds.last().unwrap_or(&0)));
         }
         bounds.push(n_seq);
-        let ranges: Vec<Range<usize>> = bounds
-            .windows(2)
-            .map(|w| self.offsets[w[0]]..self.offsets[w[1]])
-            .collect();
+        let ranges: Vec<Range<usize>> = bounds.windows(2).map(|w| self.offsets[w[0]]..self.offsets[w[1]]).collect();
         let slices = disjoint_slices(out, &ranges);
         slices.into_par_iter().enumerate().for_each(|(c, slice)| {
             let base = self.offsets[bounds[c]];
             for s in bounds[c]..bounds[c + 1] {
-                f(
-                    s,
-                    &mut slice[self.offsets[s] - base..self.offsets[s + 1] - base],
-                );
+                f(s, &mut slice[self.offsets[s] - base..self.offsets[s + 1] - base]);
             }
         });
     }
@@ -329,10 +298,7 @@ fn check_event_columns(e: &Events) -> Result<()> {
         }
     }
     if u32::try_from(n).is_err() {
-        return Err(Error::Invalid(format!(
-            "events: {n} events, at most {} can be grouped",
-            u32::MAX
-        )));
+        return Err(Error::Invalid(format!("events: {n} events, at most {} can be grouped", u32::MAX)));
     }
     if let Some(i) = e.items.par_iter().position_first(|&x| x == 0) {
         return Err(Error::Invalid(format!(
@@ -391,9 +357,7 @@ fn group_permutation(seq: &[u32], n_parts: usize) -> Result<Grouping> {
     let mut bounds = vec![0usize];
     for p in 1..n_parts {
         let target = (n as u64 * p as u64 / n_parts as u64) as u32;
-        let b = starts
-            .partition_point(|&st| st < target)
-            .max(*bounds.last().unwrap_or(&0));
+        let b = starts.partition_point(|&st| st < target).max(*bounds.last().unwrap_or(&0));
         bounds.push(b);
     }
     bounds.push(starts.len());
@@ -423,11 +387,7 @@ fn group_permutation(seq: &[u32], n_parts: usize) -> Result<Grouping> {
             }
         }
     });
-    Ok(Grouping {
-        offsets,
-        seq_ids,
-        perm,
-    })
+    Ok(Grouping { offsets, seq_ids, perm })
 }
 
 /// Events per id in `0..n_ids`, counted in `n_chunks` chunks in parallel.
@@ -450,39 +410,22 @@ fn id_histogram(ids: &[u32], n_ids: usize, n_chunks: usize) -> Vec<u32> {
 
 /// Sorts, by time and stably, the sequences whose times are out of order:
 /// most inputs are already sorted, so only those are touched.
-fn sort_sequences_by_time(
-    offsets: &[usize],
-    perm: &mut [u32],
-    times: &mut [i64],
-    times_in: &[i64],
-) {
+fn sort_sequences_by_time(offsets: &[usize], perm: &mut [u32], times: &mut [i64], times_in: &[i64]) {
     let unsorted: Vec<usize> = (0..offsets.len().saturating_sub(1))
         .into_par_iter()
-        .filter(|&s| {
-            times[offsets[s]..offsets[s + 1]]
-                .windows(2)
-                .any(|w| w[0] > w[1])
-        })
+        .filter(|&s| times[offsets[s]..offsets[s + 1]].windows(2).any(|w| w[0] > w[1]))
         .collect();
     if unsorted.is_empty() {
         return;
     }
-    let ranges: Vec<Range<usize>> = unsorted
-        .iter()
-        .map(|&s| offsets[s]..offsets[s + 1])
-        .collect();
+    let ranges: Vec<Range<usize>> = unsorted.iter().map(|&s| offsets[s]..offsets[s + 1]).collect();
     let perm_slices = disjoint_slices(perm, &ranges);
     let time_slices = disjoint_slices(times, &ranges);
-    perm_slices
-        .into_par_iter()
-        .zip(time_slices)
-        .for_each(|(p, t)| {
-            // The input index breaks ties, which keeps equal times in input order.
-            p.sort_unstable_by_key(|&i| (times_in[i as usize], i));
-            t.iter_mut()
-                .zip(p.iter())
-                .for_each(|(t, &i)| *t = times_in[i as usize]);
-        });
+    perm_slices.into_par_iter().zip(time_slices).for_each(|(p, t)| {
+        // The input index breaks ties, which keeps equal times in input order.
+        p.sort_unstable_by_key(|&i| (times_in[i as usize], i));
+        t.iter_mut().zip(p.iter()).for_each(|(t, &i)| *t = times_in[i as usize]);
+    });
 }
 
 /// Mutable slices of `xs` at ascending, non-overlapping `ranges`.
@@ -518,21 +461,12 @@ mod tests {
     use crate::rng::Rng;
 
     fn events(seq: &[u32], items: &[u32], times: &[i64]) -> Events {
-        Events {
-            seq: seq.to_vec(),
-            items: items.to_vec(),
-            times: times.to_vec(),
-            ..Events::default()
-        }
+        Events { seq: seq.to_vec(), items: items.to_vec(), times: times.to_vec(), ..Events::default() }
     }
 
     #[test]
     fn groups_by_id_and_sorts_by_time_keeping_ties_in_input_order() {
-        let mut e = events(
-            &[3, 1, 3, 1, 3, 1],
-            &[10, 11, 12, 13, 14, 15],
-            &[5, 2, 5, 1, 3, 2],
-        );
+        let mut e = events(&[3, 1, 3, 1, 3, 1], &[10, 11, 12, 13, 14, 15], &[5, 2, 5, 1, 3, 2]);
         e.ratings = Some(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
         let s = SequenceStore::from_events(e).unwrap();
         // seq 1: inputs 1 (t2), 3 (t1), 5 (t2) -> 3, 1, 5; seq 3: 0 (t5), 2 (t5), 4 (t3) -> 4, 0, 2.
@@ -559,17 +493,11 @@ mod tests {
         e.kinds = Some(vec![0]);
         let msg = SequenceStore::from_events(e).unwrap_err().to_string();
         assert!(msg.contains("kinds has 1 entries, expected 2"), "{msg}");
-        let msg = SequenceStore::from_events(events(&[1, 0], &[1, 1], &[0, 0]))
-            .unwrap_err()
-            .to_string();
+        let msg = SequenceStore::from_events(events(&[1, 0], &[1, 1], &[0, 0])).unwrap_err().to_string();
         assert!(msg.contains("event 1 has sequence id 0"), "{msg}");
-        let msg = SequenceStore::from_events(events(&[1, 1], &[1, 0], &[0, 0]))
-            .unwrap_err()
-            .to_string();
+        let msg = SequenceStore::from_events(events(&[1, 1], &[1, 0], &[0, 0])).unwrap_err().to_string();
         assert!(msg.contains("event 1 has item id 0"), "{msg}");
-        let msg = SequenceStore::from_events(events(&[1], &[1, 2], &[0, 0]))
-            .unwrap_err()
-            .to_string();
+        let msg = SequenceStore::from_events(events(&[1], &[1, 2], &[0, 0])).unwrap_err().to_string();
         assert!(msg.contains("items has 2 entries"), "{msg}");
     }
 
@@ -593,10 +521,7 @@ mod tests {
 
     fn check_grouping(e: &Events, s: &SequenceStore) {
         s.validate().unwrap();
-        assert!(
-            s.seq_ids.windows(2).all(|w| w[0] < w[1]),
-            "seq ids ascending"
-        );
+        assert!(s.seq_ids.windows(2).all(|w| w[0] < w[1]), "seq ids ascending");
         let origin = s.groups.as_ref().unwrap();
         let mut seen = vec![false; e.seq.len()];
         for sq in 0..s.n_seq() {

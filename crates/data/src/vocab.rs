@@ -142,28 +142,23 @@ impl Vocab {
     /// [`Error::Invalid`] naming `what` and the first row whose key is null
     /// or not in the vocabulary, or an unsupported array type.
     pub fn encode(&self, array: &dyn Array, what: &str) -> Result<Vec<u32>> {
-        let missing = |row: usize, key: String| {
-            Error::Invalid(format!("{what}: row {row}: key {key} is not in the vocabulary"))
-        };
+        let missing =
+            |row: usize, key: String| Error::Invalid(format!("{what}: row {row}: key {key} is not in the vocabulary"));
         if array.null_count() > 0 {
             let row = (0..array.len()).find(|&i| array.is_null(i)).unwrap_or(0);
             return Err(Error::Invalid(format!("{what}: row {row}: key is missing (null)")));
         }
         match (self, array.as_any().downcast_ref::<Int64Array>()) {
             (Vocab::Int(v), Some(a)) => {
-                let map: FxHashMap<i64, u32> =
-                    v.iter().enumerate().map(|(i, &k)| (k, i as u32 + 1)).collect();
+                let map: FxHashMap<i64, u32> = v.iter().enumerate().map(|(i, &k)| (k, i as u32 + 1)).collect();
                 let keys = a.values();
                 let mut out = vec![0u32; keys.len()];
-                out.par_chunks_mut(CHUNK)
-                    .zip(keys.par_chunks(CHUNK))
-                    .enumerate()
-                    .try_for_each(|(c, (o, k))| {
-                        for (j, (o, k)) in o.iter_mut().zip(k).enumerate() {
-                            *o = *map.get(k).ok_or_else(|| missing(c * CHUNK + j, k.to_string()))?;
-                        }
-                        Ok(())
-                    })?;
+                out.par_chunks_mut(CHUNK).zip(keys.par_chunks(CHUNK)).enumerate().try_for_each(|(c, (o, k))| {
+                    for (j, (o, k)) in o.iter_mut().zip(k).enumerate() {
+                        *o = *map.get(k).ok_or_else(|| missing(c * CHUNK + j, k.to_string()))?;
+                    }
+                    Ok(())
+                })?;
                 Ok(out)
             }
             _ => {

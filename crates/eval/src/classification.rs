@@ -40,16 +40,8 @@ fn auc_key(x: f64) -> f64 {
 /// # Panics
 /// If the slices differ in length (a caller bug).
 pub fn auc<S: Copy + Into<f64>>(scores: &[S], labels: &[bool]) -> Option<f64> {
-    assert_eq!(
-        scores.len(),
-        labels.len(),
-        "auc: scores and labels differ in length"
-    );
-    let mut pairs: Vec<(f64, bool)> = scores
-        .iter()
-        .zip(labels)
-        .map(|(&s, &l)| (auc_key(s.into()), l))
-        .collect();
+    assert_eq!(scores.len(), labels.len(), "auc: scores and labels differ in length");
+    let mut pairs: Vec<(f64, bool)> = scores.iter().zip(labels).map(|(&s, &l)| (auc_key(s.into()), l)).collect();
     pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     let n_pos = pairs.iter().filter(|p| p.1).count() as u128;
     let n_neg = pairs.len() as u128 - n_pos;
@@ -97,19 +89,11 @@ fn log_loss_term(p: f64, label: bool) -> f64 {
 /// # Panics
 /// If the slices differ in length (a caller bug).
 pub fn log_loss<S: Copy + Into<f64>>(probs: &[S], labels: &[bool]) -> Option<f64> {
-    assert_eq!(
-        probs.len(),
-        labels.len(),
-        "log_loss: probs and labels differ in length"
-    );
+    assert_eq!(probs.len(), labels.len(), "log_loss: probs and labels differ in length");
     if probs.is_empty() {
         return None;
     }
-    let sum: f64 = probs
-        .iter()
-        .zip(labels)
-        .map(|(&p, &l)| log_loss_term(p.into(), l))
-        .sum();
+    let sum: f64 = probs.iter().zip(labels).map(|(&p, &l)| log_loss_term(p.into(), l)).sum();
     Some(sum / probs.len() as f64)
 }
 
@@ -125,19 +109,11 @@ fn is_correct(p: f64, label: bool) -> bool {
 /// # Panics
 /// If the slices differ in length (a caller bug).
 pub fn accuracy<S: Copy + Into<f64>>(probs: &[S], labels: &[bool]) -> Option<f64> {
-    assert_eq!(
-        probs.len(),
-        labels.len(),
-        "accuracy: probs and labels differ in length"
-    );
+    assert_eq!(probs.len(), labels.len(), "accuracy: probs and labels differ in length");
     if probs.is_empty() {
         return None;
     }
-    let right = probs
-        .iter()
-        .zip(labels)
-        .filter(|(&p, &l)| is_correct(p.into(), l))
-        .count();
+    let right = probs.iter().zip(labels).filter(|(&p, &l)| is_correct(p.into(), l)).count();
     Some(right as f64 / probs.len() as f64)
 }
 
@@ -177,11 +153,7 @@ impl ClassificationAccumulator {
     /// # Panics
     /// If the slices differ in length (a caller bug).
     pub fn add_batch<S: Copy + Into<f64>>(&mut self, probs: &[S], labels: &[bool]) {
-        assert_eq!(
-            probs.len(),
-            labels.len(),
-            "add_batch: probs and labels differ in length"
-        );
+        assert_eq!(probs.len(), labels.len(), "add_batch: probs and labels differ in length");
         self.probs.extend(probs.iter().map(|&p| p.into()));
         self.labels.extend_from_slice(labels);
     }
@@ -197,12 +169,8 @@ impl ClassificationAccumulator {
     pub fn finish(&self) -> ClassificationMetrics {
         const SCALE: f64 = 4_294_967_296.0; // 2^32; terms are at most -ln(1e-7) < 17
         let n = self.probs.len();
-        let fixed: i128 = self
-            .probs
-            .iter()
-            .zip(&self.labels)
-            .map(|(&p, &l)| (log_loss_term(p, l) * SCALE).round() as i128)
-            .sum();
+        let fixed: i128 =
+            self.probs.iter().zip(&self.labels).map(|(&p, &l)| (log_loss_term(p, l) * SCALE).round() as i128).sum();
         let log_loss = (n > 0).then(|| fixed as f64 / SCALE / n as f64);
         ClassificationMetrics {
             n: n as u64,
@@ -265,10 +233,7 @@ mod tests {
         let l = [true, true, false, false];
         assert!(close(auc(&s, &l).unwrap(), 0.875));
         assert!(close(auc(&[0.1f32, 0.9], &[true, false]).unwrap(), 0.0));
-        assert!(close(
-            auc(&[0.5f64; 6], &[true, false, true, false, false, true]).unwrap(),
-            0.5
-        ));
+        assert!(close(auc(&[0.5f64; 6], &[true, false, true, false, false, true]).unwrap(), 0.5));
         assert_eq!(auc(&[0.1f32, 0.2], &[true, true]), None);
         assert_eq!(auc::<f32>(&[], &[]), None);
         // -0.0 and 0.0 tie; NaN sits below everything.
@@ -281,19 +246,14 @@ mod tests {
         // a small LCG keeps the test free of dependencies.
         let mut state = 12345u64;
         let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 33) as u32
         };
         for trial in 0..20 {
             let n = 50 + trial * 7;
             // scores on a coarse grid, so many ties.
             let scores: Vec<f32> = (0..n).map(|_| (next() % 13) as f32 / 12.0).collect();
-            let labels: Vec<bool> = scores
-                .iter()
-                .map(|&s| (next() % 100) as f32 / 100.0 < s)
-                .collect();
+            let labels: Vec<bool> = scores.iter().map(|&s| (next() % 100) as f32 / 100.0 < s).collect();
             if let Some(a) = auc(&scores, &labels) {
                 assert!(close(a, auc_brute(&scores, &labels)), "trial {trial}");
             }
@@ -309,14 +269,8 @@ mod tests {
         assert!((log_loss(&p, &l).unwrap() - want).abs() < 1e-7);
         // right: 0.8 (pos), 0.4 (neg); wrong: 0.5 (predicts neg), 1.0.
         assert!(close(accuracy(&p, &l).unwrap(), 0.5));
-        assert!(close(
-            log_loss(&[0.0f64], &[false]).unwrap(),
-            -(1.0 - LOG_LOSS_EPS).ln()
-        ));
-        assert!(close(
-            log_loss(&[f64::NAN], &[true]).unwrap(),
-            -LOG_LOSS_EPS.ln()
-        ));
+        assert!(close(log_loss(&[0.0f64], &[false]).unwrap(), -(1.0 - LOG_LOSS_EPS).ln()));
+        assert!(close(log_loss(&[f64::NAN], &[true]).unwrap(), -LOG_LOSS_EPS.ln()));
         assert_eq!(accuracy(&[f64::NAN, f64::NAN], &[true, false]), Some(0.0));
         assert_eq!(log_loss::<f32>(&[], &[]), None);
     }
@@ -342,9 +296,6 @@ mod tests {
         }
         assert_eq!(merged.finish(), want);
         let empty = ClassificationAccumulator::new().finish();
-        assert_eq!(
-            (empty.auc, empty.log_loss, empty.accuracy),
-            (None, None, None)
-        );
+        assert_eq!((empty.auc, empty.log_loss, empty.accuracy), (None, None, None));
     }
 }

@@ -11,9 +11,7 @@ pub mod rank;
 pub mod ranking;
 pub mod regression;
 
-pub use classification::{
-    accuracy, auc, log_loss, ClassificationAccumulator, ClassificationMetrics,
-};
+pub use classification::{accuracy, auc, log_loss, ClassificationAccumulator, ClassificationMetrics};
 pub use rank::{rank, rank_from_counts, tie_counts, Score, TieMode};
 pub use ranking::{MetricsAtK, RankingAccumulator, RankingMetrics};
 pub use regression::{mae, mse, rmse, RegressionAccumulator, RegressionMetrics};

@@ -165,10 +165,7 @@ mod tests {
         assert_eq!(parse("conservative"), TieMode::Pessimistic);
         assert_eq!(parse("median"), TieMode::Median);
         assert_eq!(parse("average"), TieMode::Median);
-        assert_eq!(
-            serde_json::to_string(&TieMode::Median).unwrap(),
-            "\"median\""
-        );
+        assert_eq!(serde_json::to_string(&TieMode::Median).unwrap(), "\"median\"");
         assert_eq!(TieMode::default(), TieMode::Median);
     }
 }

@@ -61,14 +61,7 @@ impl RankingAccumulator {
         ks.sort_unstable();
         ks.dedup();
         let m = ks.len();
-        RankingAccumulator {
-            ks,
-            n: 0,
-            hits: vec![0; m],
-            rr: vec![0; m],
-            dcg: vec![0; m],
-            rank_halves: 0,
-        }
+        RankingAccumulator { ks, n: 0, hits: vec![0; m], rr: vec![0; m], dcg: vec![0; m], rank_halves: 0 }
     }
 
     /// The cut-offs, ascending.
@@ -123,10 +116,7 @@ impl RankingAccumulator {
     /// # Panics
     /// If the cut-offs differ (a caller bug).
     pub fn merge(&mut self, other: &RankingAccumulator) {
-        assert_eq!(
-            self.ks, other.ks,
-            "merging ranking accumulators with different cut-offs"
-        );
+        assert_eq!(self.ks, other.ks, "merging ranking accumulators with different cut-offs");
         self.n += other.n;
         self.rank_halves += other.rank_halves;
         for i in 0..self.ks.len() {
@@ -144,25 +134,13 @@ impl RankingAccumulator {
             .enumerate()
             .map(|(i, &k)| MetricsAtK {
                 k,
-                recall: if self.n == 0 {
-                    0.0
-                } else {
-                    self.hits[i] as f64 / self.n as f64
-                },
+                recall: if self.n == 0 { 0.0 } else { self.hits[i] as f64 / self.n as f64 },
                 mrr: from_fixed(self.rr[i], self.n),
                 ndcg: from_fixed(self.dcg[i], self.n),
             })
             .collect();
-        let mean_rank = if self.n == 0 {
-            0.0
-        } else {
-            self.rank_halves as f64 / 2.0 / self.n as f64
-        };
-        RankingMetrics {
-            n: self.n,
-            mean_rank,
-            at,
-        }
+        let mean_rank = if self.n == 0 { 0.0 } else { self.rank_halves as f64 / 2.0 / self.n as f64 };
+        RankingMetrics { n: self.n, mean_rank, at }
     }
 }
 
@@ -279,9 +257,7 @@ mod tests {
     #[test]
     fn batching_and_merging_do_not_change_results() {
         // ranks with awkward reciprocals (1/3, 1/7, ...) so float order would matter.
-        let ranks: Vec<f64> = (0..1000)
-            .map(|i| 1.0 + ((i * 37) % 29) as f64 * 0.5)
-            .collect();
+        let ranks: Vec<f64> = (0..1000).map(|i| 1.0 + ((i * 37) % 29) as f64 * 0.5).collect();
         let mut whole = RankingAccumulator::new(&[1, 5, 10, 20]);
         whole.add_ranks(&ranks);
         let reference = whole.finish();

@@ -58,11 +58,7 @@ impl RegressionAccumulator {
     /// # Panics
     /// If the slices differ in length (a caller bug).
     pub fn add_batch<S: Copy + Into<f64>>(&mut self, pred: &[S], target: &[S]) {
-        assert_eq!(
-            pred.len(),
-            target.len(),
-            "regression: predictions and targets differ in length"
-        );
+        assert_eq!(pred.len(), target.len(), "regression: predictions and targets differ in length");
         for (&p, &t) in pred.iter().zip(target) {
             self.add(p.into(), t.into());
         }

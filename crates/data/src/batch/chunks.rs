@@ -31,10 +31,7 @@ pub struct ChunksConfig {
 
 impl Default for ChunksConfig {
     fn default() -> Self {
-        ChunksConfig {
-            len: 100,
-            batch_size: 64,
-        }
+        ChunksConfig { len: 100, batch_size: 64 }
     }
 }
 
@@ -122,21 +119,13 @@ impl<'a> Chunks<'a> {
             store,
             targets,
             lanes: Lanes::new(order, config.batch_size),
-            step: ChunkStep {
-                len: config.len,
-                ..Default::default()
-            },
+            step: ChunkStep { len: config.len, ..Default::default() },
         })
     }
 
     /// The next step, or `None` once every event of the epoch was emitted.
     pub fn next_step(&mut self) -> Option<&ChunkStep> {
-        let Chunks {
-            store,
-            targets,
-            lanes,
-            step,
-        } = self;
+        let Chunks { store, targets, lanes, step } = self;
         let span = |s: usize| {
             let r = store.range(s);
             let last = targets.last_in(r.clone())?;
@@ -184,39 +173,18 @@ mod tests {
         let mut got: Vec<Step> = Vec::new();
         let mut labels = Vec::new();
         while let Some(s) = c.next_step() {
-            got.push((
-                s.items.clone(),
-                s.start.clone(),
-                s.valid.clone(),
-                s.reset.clone(),
-                s.keep.clone(),
-            ));
+            got.push((s.items.clone(), s.start.clone(), s.valid.clone(), s.reset.clone(), s.keep.clone()));
             let mut l = Vec::new();
             s.gather(&store.times, -1, &mut l);
             labels.push(l);
         }
         let expect: Vec<Step> = vec![
-            (
-                vec![1, 2, 4, 5],
-                vec![0, 3],
-                vec![2, 2],
-                vec![true, true],
-                vec![0, 1],
-            ),
-            (
-                vec![3, 0, 6, 7],
-                vec![2, 5],
-                vec![1, 2],
-                vec![false, true],
-                vec![0, 1],
-            ),
+            (vec![1, 2, 4, 5], vec![0, 3], vec![2, 2], vec![true, true], vec![0, 1]),
+            (vec![3, 0, 6, 7], vec![2, 5], vec![1, 2], vec![false, true], vec![0, 1]),
             (vec![8, 9], vec![7], vec![2], vec![false], vec![1]),
         ];
         assert_eq!(got, expect);
-        assert_eq!(
-            labels,
-            vec![vec![0, 1, 3, 4], vec![2, -1, 5, 6], vec![7, 8]]
-        );
+        assert_eq!(labels, vec![vec![0, 1, 3, 4], vec![2, -1, 5, 6], vec![7, 8]]);
         c.rewind();
         let s = c.next_step().unwrap();
         let mut mask = Vec::new();
@@ -227,27 +195,10 @@ mod tests {
     #[test]
     fn part_mask_stops_at_the_last_selected_event() {
         let store = store_of(&[&[1, 2, 3, 4, 5], &[6, 7]]);
-        let parts = [
-            Part::Train,
-            Part::Test,
-            Part::Train,
-            Part::Test,
-            Part::Test,
-            Part::Test,
-            Part::Test,
-        ];
-        let mut c = Chunks::new(
-            &store,
-            vec![1, 0],
-            Targets::of(&parts, &[Part::Train]),
-            &config(2, 4),
-        )
-        .unwrap();
+        let parts = [Part::Train, Part::Test, Part::Train, Part::Test, Part::Test, Part::Test, Part::Test];
+        let mut c = Chunks::new(&store, vec![1, 0], Targets::of(&parts, &[Part::Train]), &config(2, 4)).unwrap();
         let s = c.next_step().unwrap();
-        assert_eq!(
-            (s.items.clone(), s.seq_index.clone()),
-            (vec![1, 2], vec![0])
-        );
+        assert_eq!((s.items.clone(), s.seq_index.clone()), (vec![1, 2], vec![0]));
         let s = c.next_step().unwrap();
         assert_eq!((s.items.clone(), s.valid.clone()), (vec![3, 0], vec![1]));
         assert!(c.next_step().is_none());
@@ -268,11 +219,7 @@ mod tests {
         let order = random_order(&mut rng, &store);
         let select = [Part::Train];
         let masked = seed % 2 == 0;
-        let targets = if masked {
-            Targets::of(&parts, &select)
-        } else {
-            Targets::All
-        };
+        let targets = if masked { Targets::of(&parts, &select) } else { Targets::All };
         let cfg = config(1 + rng.below(7) as usize, 1 + rng.below(6) as usize);
         let len = cfg.len;
         let mut c = Chunks::new(&store, order.clone(), targets, &cfg).unwrap();
@@ -294,10 +241,7 @@ mod tests {
             let rows = st.rows();
             assert!(rows >= 1 && rows <= cfg.batch_size);
             assert_eq!(st.items.len(), rows * len);
-            assert_eq!(
-                (st.reset.len(), st.keep.len(), st.seq_index.len()),
-                (rows, rows, rows)
-            );
+            assert_eq!((st.reset.len(), st.keep.len(), st.seq_index.len()), (rows, rows, rows));
             if step_no == 0 {
                 assert_eq!(rows, cfg.batch_size.min(loaded.len()));
             } else {
@@ -308,26 +252,15 @@ mod tests {
                 let (s, a, v) = (st.seq_index[r], st.start[r], st.valid[r]);
                 let range = store.range(s);
                 // A chunk is contiguous inside one sequence.
-                assert!(
-                    v >= 1 && v <= len && range.start <= a && a + v <= range.end,
-                    "seed {seed}"
-                );
+                assert!(v >= 1 && v <= len && range.start <= a && a + v <= range.end, "seed {seed}");
                 let row = &st.items[r * len..(r + 1) * len];
                 assert_eq!(&row[..v], &store.items[a..a + v]);
                 assert!(row[v..].iter().all(|&i| i == 0));
-                assert_eq!(
-                    st.reset[r],
-                    a == range.start,
-                    "seed {seed}: reset at event {a}"
-                );
+                assert_eq!(st.reset[r], a == range.start, "seed {seed}: reset at event {a}");
                 if st.reset[r] {
                     started.push(s);
                 } else {
-                    assert_eq!(
-                        prev[st.keep[r]],
-                        (s, a),
-                        "seed {seed}: row {r} does not continue"
-                    );
+                    assert_eq!(prev[st.keep[r]], (s, a), "seed {seed}: row {r} does not continue");
                 }
                 seen[a..a + v].iter_mut().for_each(|x| *x += 1);
             }
@@ -338,20 +271,12 @@ mod tests {
             for r in 0..rows {
                 let last = st.start[r] + st.valid[r];
                 let end = targets.last_in(store.range(st.seq_index[r])).unwrap() + 1;
-                assert!(
-                    st.valid[r] == len || last == end,
-                    "seed {seed}: short chunk mid-sequence"
-                );
+                assert!(st.valid[r] == len || last == end, "seed {seed}: short chunk mid-sequence");
             }
-            prev = (0..rows)
-                .map(|r| (st.seq_index[r], st.start[r] + st.valid[r]))
-                .collect();
+            prev = (0..rows).map(|r| (st.seq_index[r], st.start[r] + st.valid[r])).collect();
             step_no += 1;
         }
-        assert_eq!(
-            seen, expected,
-            "seed {seed}: events not covered exactly once"
-        );
+        assert_eq!(seen, expected, "seed {seed}: events not covered exactly once");
         assert_eq!(started, loaded, "seed {seed}: sequences not taken in order");
         if !masked {
             let total: usize = order.iter().map(|&s| store.len_of(s)).sum();

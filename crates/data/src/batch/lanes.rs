@@ -26,13 +26,7 @@ pub(crate) struct Lanes {
 impl Lanes {
     /// `width` lanes over the sequences of `order`.
     pub fn new(order: Vec<usize>, width: usize) -> Self {
-        Lanes {
-            order,
-            next: 0,
-            width,
-            cursors: Vec::with_capacity(width),
-            spare: Vec::with_capacity(width),
-        }
+        Lanes { order, next: 0, width, cursors: Vec::with_capacity(width), spare: Vec::with_capacity(width) }
     }
 
     /// Back to the start of the order, every lane empty.
@@ -55,13 +49,7 @@ impl Lanes {
         keep.clear();
         reset.clear();
         self.spare.clear();
-        let Lanes {
-            order,
-            next,
-            width,
-            cursors,
-            spare,
-        } = self;
+        let Lanes { order, next, width, cursors, spare } = self;
         let mut load = || {
             while let Some(&seq) = order.get(*next) {
                 *next += 1;

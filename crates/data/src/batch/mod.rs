@@ -77,13 +77,11 @@ impl<'a> Targets<'a> {
     /// Checks that the part mask covers every event of `store`.
     fn check(&self, store: &SequenceStore) -> Result<()> {
         match self {
-            Targets::Parts { parts, .. } if parts.len() != store.n_events() => {
-                Err(Error::Invalid(format!(
-                    "target selection: {} parts for {} events, expected one part per event",
-                    parts.len(),
-                    store.n_events()
-                )))
-            }
+            Targets::Parts { parts, .. } if parts.len() != store.n_events() => Err(Error::Invalid(format!(
+                "target selection: {} parts for {} events, expected one part per event",
+                parts.len(),
+                store.n_events()
+            ))),
             _ => Ok(()),
         }
     }
@@ -124,20 +122,13 @@ pub(crate) fn check_store(store: &SequenceStore, what: &str) -> Result<()> {
         Some(&o) => return bad(format!("offsets start at {o}, expected 0")),
     }
     if store.offsets.last() != Some(&n) {
-        return bad(format!(
-            "last offset {:?}, expected {n} events",
-            store.offsets.last()
-        ));
+        return bad(format!("last offset {:?}, expected {n} events", store.offsets.last()));
     }
     if store.offsets.windows(2).any(|w| w[0] > w[1]) {
         return bad("offsets decrease".into());
     }
     if store.seq_ids.len() != store.n_seq() {
-        return bad(format!(
-            "{} seq ids for {} sequences",
-            store.seq_ids.len(),
-            store.n_seq()
-        ));
+        return bad(format!("{} seq ids for {} sequences", store.seq_ids.len(), store.n_seq()));
     }
     if let Some(r) = &store.ratings {
         if r.len() != n {
@@ -186,11 +177,7 @@ pub(crate) fn check_order(order: &[usize], store: &SequenceStore, what: &str) ->
 /// rather than 800 MB; refuses stores that do not fit.
 pub(crate) fn check_u32_events(store: &SequenceStore, what: &str) -> Result<()> {
     if store.n_events() > u32::MAX as usize {
-        return Err(Error::Invalid(format!(
-            "{what}: {} events, at most {} supported",
-            store.n_events(),
-            u32::MAX
-        )));
+        return Err(Error::Invalid(format!("{what}: {} events, at most {} supported", store.n_events(), u32::MAX)));
     }
     Ok(())
 }
@@ -222,10 +209,7 @@ mod tests {
     use super::*;
 
     fn store_of(times: &[&[i64]]) -> SequenceStore {
-        let mut s = SequenceStore {
-            offsets: vec![0],
-            ..Default::default()
-        };
+        let mut s = SequenceStore { offsets: vec![0], ..Default::default() };
         for (i, t) in times.iter().enumerate() {
             s.times.extend_from_slice(t);
             s.items.extend(std::iter::repeat_n(1, t.len()));
@@ -246,10 +230,7 @@ mod tests {
     fn targets_select_and_find_last() {
         let parts = [Part::Train, Part::Test, Part::Valid, Part::Train];
         let t = Targets::of(&parts, &[Part::Train, Part::Valid]);
-        assert_eq!(
-            (0..4).map(|e| t.selects(e)).collect::<Vec<_>>(),
-            [true, false, true, true]
-        );
+        assert_eq!((0..4).map(|e| t.selects(e)).collect::<Vec<_>>(), [true, false, true, true]);
         assert_eq!(t.last_in(0..2), Some(0));
         assert_eq!(t.last_in(1..2), None);
         assert_eq!(Targets::All.last_in(3..3), None);

@@ -39,14 +39,7 @@ pub struct PairsConfig {
 
 impl Default for PairsConfig {
     fn default() -> Self {
-        PairsConfig {
-            batch_size: 1024,
-            n_neg: 0,
-            exclude_seen: false,
-            max_tries: 20,
-            shuffle: false,
-            seed: 0,
-        }
+        PairsConfig { batch_size: 1024, n_neg: 0, exclude_seen: false, max_tries: 20, shuffle: false, seed: 0 }
     }
 }
 
@@ -87,10 +80,7 @@ struct SeenItems {
 
 impl SeenItems {
     fn new(store: &SequenceStore) -> Self {
-        let mut seen = SeenItems {
-            offsets: vec![0],
-            items: Vec::new(),
-        };
+        let mut seen = SeenItems { offsets: vec![0], items: Vec::new() };
         for s in 0..store.n_seq() {
             let start = seen.items.len();
             seen.items.extend_from_slice(store.items_of(s));
@@ -109,9 +99,7 @@ impl SeenItems {
     }
 
     fn contains(&self, s: usize, item: u32) -> bool {
-        self.items[self.offsets[s]..self.offsets[s + 1]]
-            .binary_search(&item)
-            .is_ok()
+        self.items[self.offsets[s]..self.offsets[s + 1]].binary_search(&item).is_ok()
     }
 }
 
@@ -138,12 +126,7 @@ impl<'a> Pairs<'a> {
     /// asked for with `n_items` 0, the store's offsets are inconsistent or
     /// it has more than `u32::MAX` events, or the part mask does not cover
     /// every event.
-    pub fn new(
-        store: &'a SequenceStore,
-        targets: Targets<'a>,
-        n_items: usize,
-        config: &PairsConfig,
-    ) -> Result<Self> {
+    pub fn new(store: &'a SequenceStore, targets: Targets<'a>, n_items: usize, config: &PairsConfig) -> Result<Self> {
         let what = "pairs";
         check_positive(config.batch_size, "pair batch size")?;
         if config.n_neg > 0 && n_items == 0 {
@@ -159,10 +142,7 @@ impl<'a> Pairs<'a> {
             (None, Some(labels)) => labels[e] >= 0,
             _ => true,
         };
-        let order = (0..store.n_events())
-            .filter(|&e| targets.selects(e) && answered(e))
-            .map(|e| e as u32)
-            .collect();
+        let order = (0..store.n_events()).filter(|&e| targets.selects(e) && answered(e)).map(|e| e as u32).collect();
         let seen = (config.exclude_seen && config.n_neg > 0).then(|| SeenItems::new(store));
         let mut pairs = Pairs {
             store,
@@ -198,16 +178,7 @@ impl<'a> Pairs<'a> {
 
     /// The next batch, or `None` at the end of the epoch.
     pub fn next_batch(&mut self) -> Option<&PairBatch> {
-        let Pairs {
-            store,
-            config,
-            n_items,
-            order,
-            next,
-            rng,
-            seen,
-            batch,
-        } = self;
+        let Pairs { store, config, n_items, order, next, rng, seen, batch } = self;
         let end = order.len().min(*next + config.batch_size);
         if *next >= end {
             return None;
@@ -253,11 +224,7 @@ mod tests {
     use crate::split::Part;
 
     fn config(batch_size: usize, n_neg: usize) -> PairsConfig {
-        PairsConfig {
-            batch_size,
-            n_neg,
-            ..Default::default()
-        }
+        PairsConfig { batch_size, n_neg, ..Default::default() }
     }
 
     #[test]
@@ -267,12 +234,7 @@ mod tests {
         let mut p = Pairs::new(&store, Targets::All, 5, &config(2, 0)).unwrap();
         let mut got = Vec::new();
         while let Some(b) = p.next_batch() {
-            got.push((
-                b.users.clone(),
-                b.items.clone(),
-                b.targets.clone(),
-                b.positive_event.clone(),
-            ));
+            got.push((b.users.clone(), b.items.clone(), b.targets.clone(), b.positive_event.clone()));
         }
         let expect = vec![
             (vec![1, 1], vec![1, 2], vec![0.5, 1.0], vec![0, 1]),
@@ -288,18 +250,9 @@ mod tests {
         store.ratings = None;
         store.labels = Some(vec![1, -1, 0, 1]);
         let parts = [Part::Train, Part::Train, Part::Train, Part::Test];
-        let mut p = Pairs::new(
-            &store,
-            Targets::of(&parts, &[Part::Train]),
-            5,
-            &config(8, 0),
-        )
-        .unwrap();
+        let mut p = Pairs::new(&store, Targets::of(&parts, &[Part::Train]), 5, &config(8, 0)).unwrap();
         let b = p.next_batch().unwrap();
-        assert_eq!(
-            (b.items.clone(), b.targets.clone()),
-            (vec![1, 3], vec![1.0, 0.0])
-        );
+        assert_eq!((b.items.clone(), b.targets.clone()), (vec![1, 3], vec![1.0, 0.0]));
         store.labels = None;
         let mut p = Pairs::new(&store, Targets::All, 5, &config(8, 0)).unwrap();
         assert_eq!(p.next_batch().unwrap().targets, vec![1.0; 4]);
@@ -308,34 +261,17 @@ mod tests {
     #[test]
     fn negatives_follow_their_positive_and_avoid_seen_items() {
         let store = store_of(&[&[1, 2, 3, 2]]);
-        let cfg = PairsConfig {
-            exclude_seen: true,
-            max_tries: 100,
-            ..config(4, 2)
-        };
+        let cfg = PairsConfig { exclude_seen: true, max_tries: 100, ..config(4, 2) };
         let mut p = Pairs::new(&store, Targets::All, 4, &cfg).unwrap();
         let b = p.next_batch().unwrap();
         assert_eq!(b.rows(), 12);
         assert_eq!(b.items, vec![1, 4, 4, 2, 4, 4, 3, 4, 4, 2, 4, 4]);
-        assert_eq!(
-            b.targets,
-            [
-                [1.0f32 / 2.0, 0.0, 0.0],
-                [1.0, 0.0, 0.0],
-                [1.5, 0.0, 0.0],
-                [1.0, 0.0, 0.0]
-            ]
-            .concat()
-        );
+        assert_eq!(b.targets, [[1.0f32 / 2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.5, 0.0, 0.0], [1.0, 0.0, 0.0]].concat());
         // Without exclusion every item is drawn.
         let mut p = Pairs::new(&store, Targets::All, 4, &config(4, 50)).unwrap();
         let b = p.next_batch().unwrap();
         let mut drawn = [0usize; 5];
-        b.items
-            .iter()
-            .zip(&b.targets)
-            .filter(|(_, &t)| t == 0.0)
-            .for_each(|(&i, _)| drawn[i as usize] += 1);
+        b.items.iter().zip(&b.targets).filter(|(_, &t)| t == 0.0).for_each(|(&i, _)| drawn[i as usize] += 1);
         assert_eq!(drawn[0], 0);
         assert!(drawn[1..].iter().all(|&n| n > 20), "{drawn:?}");
     }
@@ -346,13 +282,7 @@ mod tests {
         assert!(Pairs::new(&store, Targets::All, 3, &config(0, 0)).is_err());
         assert!(Pairs::new(&store, Targets::All, 0, &config(2, 1)).is_err());
         let parts = [Part::Train];
-        assert!(Pairs::new(
-            &store,
-            Targets::of(&parts, &[Part::Train]),
-            3,
-            &config(2, 0)
-        )
-        .is_err());
+        assert!(Pairs::new(&store, Targets::of(&parts, &[Part::Train]), 3, &config(2, 0)).is_err());
     }
 
     fn check_random(seed: u64) {
@@ -361,11 +291,7 @@ mod tests {
         let store = random_store(&mut rng, seed);
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Train];
-        let targets = if seed % 2 == 0 {
-            Targets::of(&parts, &select)
-        } else {
-            Targets::All
-        };
+        let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
         let n_neg = rng.below(3) as usize;
         let cfg = PairsConfig {
             batch_size: 1 + rng.below(10) as usize,
@@ -387,10 +313,7 @@ mod tests {
             for (g, &e) in b.positive_event.iter().enumerate() {
                 let s = seq_of(&store.offsets, e);
                 let row = g * (1 + n_neg);
-                assert_eq!(
-                    (b.users[row], b.items[row]),
-                    (store.seq_ids[s], store.items[e])
-                );
+                assert_eq!((b.users[row], b.items[row]), (store.seq_ids[s], store.items[e]));
                 let expect = match (&store.ratings, &store.labels) {
                     (Some(r), _) => r[e],
                     (None, Some(l)) => l[e] as f32,
@@ -402,10 +325,7 @@ mod tests {
                     assert!((1..=n_items as u32).contains(&b.items[k]));
                     let distinct = seen_items.offsets[s + 1] - seen_items.offsets[s];
                     if cfg.exclude_seen && distinct <= 15 {
-                        assert!(
-                            !seen_items.contains(s, b.items[k]),
-                            "seed {seed}: seen item drawn"
-                        );
+                        assert!(!seen_items.contains(s, b.items[k]), "seed {seed}: seen item drawn");
                     }
                 }
                 seen[e] += 1;
@@ -415,14 +335,9 @@ mod tests {
         assert_eq!(positives, p.n_positives());
         assert_eq!(batches, p.n_batches(), "seed {seed}: partial batch dropped");
         for e in 0..store.n_events() {
-            let answered =
-                store.ratings.is_some() || store.labels.as_ref().is_none_or(|l| l[e] >= 0);
+            let answered = store.ratings.is_some() || store.labels.as_ref().is_none_or(|l| l[e] >= 0);
             let expect = (targets.selects(e) && answered) as usize;
-            assert_eq!(
-                seen[e], expect,
-                "seed {seed}: event {e} is a positive {} times",
-                seen[e]
-            );
+            assert_eq!(seen[e], expect, "seed {seed}: event {e} is a positive {} times", seen[e]);
         }
     }
 
@@ -437,10 +352,7 @@ mod tests {
     fn seen_items_are_sorted_and_distinct() {
         let store = store_of(&[&[3, 1, 3, 2], &[], &[5, 5]]);
         let seen = SeenItems::new(&store);
-        assert_eq!(
-            (seen.offsets.clone(), seen.items.clone()),
-            (vec![0, 3, 3, 4], vec![1, 2, 3, 5])
-        );
+        assert_eq!((seen.offsets.clone(), seen.items.clone()), (vec![0, 3, 3, 4], vec![1, 2, 3, 5]));
         assert!(seen.contains(0, 2) && !seen.contains(0, 5) && !seen.contains(1, 1));
     }
 }

@@ -133,12 +133,7 @@ impl<'a> SessionParallel<'a> {
 
     /// The next step, or `None` once every pair of the epoch was emitted.
     pub fn next_step(&mut self) -> Option<&SessionStep> {
-        let SessionParallel {
-            store,
-            targets,
-            lanes,
-            step,
-        } = self;
+        let SessionParallel { store, targets, lanes, step } = self;
         // A session's inputs run from its first event to the event before its
         // last selected target.
         let span = |s: usize| {
@@ -223,10 +218,8 @@ mod tests {
         let config = SessionParallelConfig { batch_size: 3 };
         let t = Targets::of(&parts, &[Test]);
         let mut sp = SessionParallel::new(&store, vec![1, 2, 0, 3], t, &config).unwrap();
-        let expect: Vec<Vec<Row>> = vec![
-            vec![(1, 2, 1, false, true, 0), (8, 9, 8, true, true, 1)],
-            vec![(2, 3, 2, true, false, 0)],
-        ];
+        let expect: Vec<Vec<Row>> =
+            vec![vec![(1, 2, 1, false, true, 0), (8, 9, 8, true, true, 1)], vec![(2, 3, 2, true, false, 0)]];
         assert_eq!(run(&mut sp), expect);
     }
 
@@ -254,11 +247,7 @@ mod tests {
         let order = random_order(&mut rng, &store);
         let select = [Part::Train, Part::Valid];
         let masked = seed % 2 == 0;
-        let targets = if masked {
-            Targets::of(&parts, &select)
-        } else {
-            Targets::All
-        };
+        let targets = if masked { Targets::of(&parts, &select) } else { Targets::All };
         let width = 1 + rng.below(6) as usize;
         let config = SessionParallelConfig { batch_size: width };
         let mut sp = SessionParallel::new(&store, order.clone(), targets, &config).unwrap();
@@ -272,9 +261,7 @@ mod tests {
             if let Some(last) = targets.last_in(r.start + 1..r.end) {
                 loaded_seqs.push(s);
                 n_pairs += last - r.start;
-                (r.start + 1..=last)
-                    .filter(|&e| targets.selects(e))
-                    .for_each(|e| expected_targets[e] = 1);
+                (r.start + 1..=last).filter(|&e| targets.selects(e)).for_each(|e| expected_targets[e] = 1);
             }
         }
 
@@ -287,59 +274,30 @@ mod tests {
         while let Some(st) = sp.next_step() {
             let rows = st.rows();
             assert!(rows >= 1 && rows <= width, "seed {seed}: {rows} rows");
-            let aligned = [
-                st.targets.len(),
-                st.target_event.len(),
-                st.is_target.len(),
-                st.seq_index.len(),
-            ];
-            assert!(aligned
-                .iter()
-                .chain([st.reset.len(), st.keep.len()].iter())
-                .all(|&n| n == rows));
+            let aligned = [st.targets.len(), st.target_event.len(), st.is_target.len(), st.seq_index.len()];
+            assert!(aligned.iter().chain([st.reset.len(), st.keep.len()].iter()).all(|&n| n == rows));
             if step_no == 0 {
-                assert_eq!(
-                    rows,
-                    width.min(loaded_seqs.len()),
-                    "seed {seed}: first step"
-                );
+                assert_eq!(rows, width.min(loaded_seqs.len()), "seed {seed}: first step");
             } else {
                 // Never grows; keep lists surviving rows in order.
                 assert!(rows <= prev.len());
-                assert!(
-                    st.keep.windows(2).all(|w| w[0] < w[1]),
-                    "seed {seed}: keep not increasing"
-                );
+                assert!(st.keep.windows(2).all(|w| w[0] < w[1]), "seed {seed}: keep not increasing");
             }
             let shrank = step_no > 0 && rows < prev.len();
             for r in 0..rows {
                 let (s, t) = (st.seq_index[r], st.target_event[r]);
                 let range = store.range(s);
                 // Input and target are consecutive events of one sequence.
-                assert!(
-                    range.start < t && t < range.end,
-                    "seed {seed}: event {t} outside seq {s}"
-                );
-                assert_eq!(
-                    (st.inputs[r], st.targets[r]),
-                    (store.items[t - 1], store.items[t])
-                );
+                assert!(range.start < t && t < range.end, "seed {seed}: event {t} outside seq {s}");
+                assert_eq!((st.inputs[r], st.targets[r]), (store.items[t - 1], store.items[t]));
                 assert_eq!(st.is_target[r], targets.selects(t));
                 // Reset exactly when the row starts a sequence at its first event.
-                assert_eq!(
-                    st.reset[r],
-                    t == range.start + 1,
-                    "seed {seed}: reset at event {t}"
-                );
+                assert_eq!(st.reset[r], t == range.start + 1, "seed {seed}: reset at event {t}");
                 if st.reset[r] {
                     started.push(s);
                 } else {
                     let (ps, pt) = prev[st.keep[r]];
-                    assert_eq!(
-                        (ps, pt + 1),
-                        (s, t),
-                        "seed {seed}: row {r} does not continue"
-                    );
+                    assert_eq!((ps, pt + 1), (s, t), "seed {seed}: row {r} does not continue");
                 }
                 if step_no == 0 {
                     assert_eq!(st.keep[r], r);
@@ -350,31 +308,20 @@ mod tests {
             }
             if shrank {
                 // Shrinks only once nothing is left to load.
-                assert_eq!(
-                    started.len(),
-                    loaded_seqs.len(),
-                    "seed {seed}: shrank early"
-                );
+                assert_eq!(started.len(), loaded_seqs.len(), "seed {seed}: shrank early");
             }
-            prev = (0..rows)
-                .map(|r| (st.seq_index[r], st.target_event[r]))
-                .collect();
+            prev = (0..rows).map(|r| (st.seq_index[r], st.target_event[r])).collect();
             step_no += 1;
         }
         assert_eq!(pairs, n_pairs, "seed {seed}: epoch ended early");
         assert!(seen_as_pair.iter().all(|&n| n <= 1));
         assert_eq!(seen_as_target, expected_targets, "seed {seed}");
-        assert_eq!(
-            started, loaded_seqs,
-            "seed {seed}: sessions not taken in order"
-        );
+        assert_eq!(started, loaded_seqs, "seed {seed}: sessions not taken in order");
         if !masked {
             // Every event except each session's first is a target exactly once.
             for &s in &order {
                 let r = store.range(s);
-                assert!(r
-                    .clone()
-                    .all(|e| seen_as_target[e] == (e > r.start) as usize));
+                assert!(r.clone().all(|e| seen_as_target[e] == (e > r.start) as usize));
             }
         }
     }

@@ -36,12 +36,7 @@ pub struct ShiftedConfig {
 
 impl Default for ShiftedConfig {
     fn default() -> Self {
-        ShiftedConfig {
-            len: 50,
-            batch_size: 128,
-            shuffle: false,
-            seed: 0,
-        }
+        ShiftedConfig { len: 50, batch_size: 128, shuffle: false, seed: 0 }
     }
 }
 
@@ -109,11 +104,7 @@ impl<'a> ShiftedWindows<'a> {
     /// [`crate::Error::Invalid`] when `len` or the batch size is 0, the
     /// store's offsets are inconsistent or it has more than `u32::MAX`
     /// events, or the part mask does not cover every event.
-    pub fn new(
-        store: &'a SequenceStore,
-        targets: Targets<'a>,
-        config: &ShiftedConfig,
-    ) -> Result<Self> {
+    pub fn new(store: &'a SequenceStore, targets: Targets<'a>, config: &ShiftedConfig) -> Result<Self> {
         let what = "shifted windows";
         check_positive(config.len, "window length")?;
         check_positive(config.batch_size, "window batch size")?;
@@ -139,10 +130,7 @@ impl<'a> ShiftedWindows<'a> {
             order,
             next: 0,
             rng: Rng::new(config.seed),
-            batch: ShiftedBatch {
-                len: config.len,
-                ..Default::default()
-            },
+            batch: ShiftedBatch { len: config.len, ..Default::default() },
         };
         windows.rewind();
         Ok(windows)
@@ -168,15 +156,7 @@ impl<'a> ShiftedWindows<'a> {
 
     /// The next batch, or `None` at the end of the epoch.
     pub fn next_batch(&mut self) -> Option<&ShiftedBatch> {
-        let ShiftedWindows {
-            store,
-            targets,
-            config,
-            order,
-            next,
-            batch,
-            ..
-        } = self;
+        let ShiftedWindows { store, targets, config, order, next, batch, .. } = self;
         let end = order.len().min(*next + config.batch_size);
         if *next >= end {
             return None;
@@ -189,13 +169,7 @@ impl<'a> ShiftedWindows<'a> {
             let l = (j - store.offsets[s]).min(len);
             gather_row(&store.items, j - l, l, len, 0, true, &mut batch.inputs);
             batch.targets.extend(std::iter::repeat_n(0, len - l));
-            batch.targets.extend((j + 1 - l..=j).map(|t| {
-                if targets.selects(t) {
-                    store.items[t]
-                } else {
-                    0
-                }
-            }));
+            batch.targets.extend((j + 1 - l..=j).map(|t| if targets.selects(t) { store.items[t] } else { 0 }));
             batch.lengths.push(l);
             batch.last_event.push(j);
             batch.seq_index.push(s);
@@ -212,11 +186,7 @@ mod tests {
     use crate::split::Part;
 
     fn config(len: usize, batch_size: usize) -> ShiftedConfig {
-        ShiftedConfig {
-            len,
-            batch_size,
-            ..Default::default()
-        }
+        ShiftedConfig { len, batch_size, ..Default::default() }
     }
 
     #[test]
@@ -235,10 +205,7 @@ mod tests {
         b.gather_inputs(&store.times, -1, &mut times);
         assert_eq!(times, vec![0, 1, -1, 3, -1, 5]);
         let b = w.next_batch().unwrap();
-        assert_eq!(
-            (b.inputs.clone(), b.targets.clone()),
-            (vec![7, 8], vec![8, 9])
-        );
+        assert_eq!((b.inputs.clone(), b.targets.clone()), (vec![7, 8], vec![8, 9]));
         assert!(w.next_batch().is_none());
     }
 
@@ -246,13 +213,9 @@ mod tests {
     fn unselected_targets_inside_a_window_are_zero() {
         let store = store_of(&[&[1, 2, 3, 4]]);
         let parts = [Part::Train, Part::Train, Part::Valid, Part::Train];
-        let mut w = ShiftedWindows::new(&store, Targets::of(&parts, &[Part::Train]), &config(3, 4))
-            .unwrap();
+        let mut w = ShiftedWindows::new(&store, Targets::of(&parts, &[Part::Train]), &config(3, 4)).unwrap();
         let b = w.next_batch().unwrap();
-        assert_eq!(
-            (b.inputs.clone(), b.targets.clone()),
-            (vec![1, 2, 3], vec![2, 0, 4])
-        );
+        assert_eq!((b.inputs.clone(), b.targets.clone()), (vec![1, 2, 3], vec![2, 0, 4]));
     }
 
     #[test]
@@ -270,11 +233,7 @@ mod tests {
         let store = random_store(&mut rng, seed);
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Train, Part::Valid];
-        let targets = if seed % 2 == 0 {
-            Targets::of(&parts, &select)
-        } else {
-            Targets::All
-        };
+        let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
         let cfg = ShiftedConfig {
             len: 1 + rng.below(8) as usize,
             batch_size: 1 + rng.below(10) as usize,
@@ -293,14 +252,8 @@ mod tests {
             for r in 0..n {
                 let (j, s, l) = (b.last_event[r], b.seq_index[r], b.lengths[r]);
                 let range = store.range(s);
-                assert!(
-                    range.start < j && j < range.end,
-                    "seed {seed}: window end {j} outside seq {s}"
-                );
-                assert!(
-                    targets.selects(j),
-                    "seed {seed}: window ends at an unselected target"
-                );
+                assert!(range.start < j && j < range.end, "seed {seed}: window end {j} outside seq {s}");
+                assert!(targets.selects(j), "seed {seed}: window ends at an unselected target");
                 assert_eq!(l, (j - range.start).min(len));
                 for p in 0..len {
                     let (input, target) = (b.inputs[r * len + p], b.targets[r * len + p]);
@@ -327,11 +280,7 @@ mod tests {
         for s in 0..store.n_seq() {
             for e in store.range(s) {
                 let expect = (e > store.offsets[s] && targets.selects(e)) as usize;
-                assert_eq!(
-                    seen[e], expect,
-                    "seed {seed}: event {e} is a target {} times",
-                    seen[e]
-                );
+                assert_eq!(seen[e], expect, "seed {seed}: event {e} is a target {} times", seen[e]);
             }
         }
     }

@@ -8,10 +8,7 @@ use crate::SequenceStore;
 /// A store whose sequence `s` has the items `seqs[s]`; event `e` has time
 /// `e`, rating `item / 2` and seq id `s + 1`.
 pub fn store_of(seqs: &[&[u32]]) -> SequenceStore {
-    let mut store = SequenceStore {
-        offsets: vec![0],
-        ..Default::default()
-    };
+    let mut store = SequenceStore { offsets: vec![0], ..Default::default() };
     for (s, items) in seqs.iter().enumerate() {
         store.items.extend_from_slice(items);
         store.offsets.push(store.items.len());
@@ -27,10 +24,7 @@ pub fn store_of(seqs: &[&[u32]]) -> SequenceStore {
 /// by 3; seq ids are `100 + s`.
 pub fn random_store(rng: &mut Rng, seed: u64) -> SequenceStore {
     let n_seq = rng.below(50) as usize;
-    let mut store = SequenceStore {
-        offsets: vec![0],
-        ..Default::default()
-    };
+    let mut store = SequenceStore { offsets: vec![0], ..Default::default() };
     for s in 0..n_seq {
         let len = rng.below(30) as usize;
         let mut t = rng.below(1000) as i64;
@@ -55,9 +49,7 @@ pub fn random_store(rng: &mut Rng, seed: u64) -> SequenceStore {
 /// A random part for every event of `store`.
 pub fn random_parts(rng: &mut Rng, store: &SequenceStore) -> Vec<Part> {
     let all = [Part::Train, Part::Valid, Part::Test];
-    (0..store.n_events())
-        .map(|_| all[rng.below(3) as usize])
-        .collect()
+    (0..store.n_events()).map(|_| all[rng.below(3) as usize]).collect()
 }
 
 /// A random permutation of a random subset of the sequences.

@@ -52,13 +52,7 @@ pub struct WindowsConfig {
 
 impl Default for WindowsConfig {
     fn default() -> Self {
-        WindowsConfig {
-            len: 50,
-            batch_size: 256,
-            skip_first: true,
-            shuffle: false,
-            seed: 0,
-        }
+        WindowsConfig { len: 50, batch_size: 256, skip_first: true, shuffle: false, seed: 0 }
     }
 }
 
@@ -137,11 +131,7 @@ impl<'a> Windows<'a> {
     /// [`crate::Error::Invalid`] when `len` or the batch size is 0, the
     /// store's offsets are inconsistent or it has more than `u32::MAX`
     /// events, or the part mask does not cover every event.
-    pub fn new(
-        store: &'a SequenceStore,
-        targets: Targets<'a>,
-        config: &WindowsConfig,
-    ) -> Result<Self> {
+    pub fn new(store: &'a SequenceStore, targets: Targets<'a>, config: &WindowsConfig) -> Result<Self> {
         let what = "windows";
         check_positive(config.len, "window length")?;
         check_positive(config.batch_size, "window batch size")?;
@@ -152,11 +142,7 @@ impl<'a> Windows<'a> {
         for s in 0..store.n_seq() {
             let r = store.range(s);
             let first = r.start + config.skip_first as usize;
-            order.extend(
-                (first..r.end)
-                    .filter(|&e| targets.selects(e))
-                    .map(|e| e as u32),
-            );
+            order.extend((first..r.end).filter(|&e| targets.selects(e)).map(|e| e as u32));
         }
         let mut windows = Windows {
             store,
@@ -164,10 +150,7 @@ impl<'a> Windows<'a> {
             order,
             next: 0,
             rng: Rng::new(config.seed),
-            batch: WindowBatch {
-                len: config.len,
-                ..Default::default()
-            },
+            batch: WindowBatch { len: config.len, ..Default::default() },
         };
         windows.rewind();
         Ok(windows)
@@ -193,14 +176,7 @@ impl<'a> Windows<'a> {
 
     /// The next batch, or `None` at the end of the epoch.
     pub fn next_batch(&mut self) -> Option<&WindowBatch> {
-        let Windows {
-            store,
-            config,
-            order,
-            next,
-            batch,
-            ..
-        } = self;
+        let Windows { store, config, order, next, batch, .. } = self;
         let end = order.len().min(*next + config.batch_size);
         if *next >= end {
             return None;
@@ -210,25 +186,9 @@ impl<'a> Windows<'a> {
             let t = t as usize;
             let s = seq_of(&store.offsets, t);
             let l = (t - store.offsets[s]).min(config.len);
-            gather_row(
-                &store.items,
-                t - l,
-                l,
-                config.len,
-                0,
-                true,
-                &mut batch.history,
-            );
+            gather_row(&store.items, t - l, l, config.len, 0, true, &mut batch.history);
             if let Some(ratings) = &store.ratings {
-                gather_row(
-                    ratings,
-                    t - l,
-                    l,
-                    config.len,
-                    0.0,
-                    true,
-                    &mut batch.history_ratings,
-                );
+                gather_row(ratings, t - l, l, config.len, 0.0, true, &mut batch.history_ratings);
                 batch.target_ratings.push(ratings[t]);
             }
             batch.lengths.push(l);
@@ -248,11 +208,7 @@ mod tests {
     use crate::split::Part;
 
     fn config(len: usize, batch_size: usize) -> WindowsConfig {
-        WindowsConfig {
-            len,
-            batch_size,
-            ..Default::default()
-        }
+        WindowsConfig { len, batch_size, ..Default::default() }
     }
 
     #[test]
@@ -263,10 +219,7 @@ mod tests {
         assert_eq!((w.n_targets(), w.n_batches()), (6, 2));
         let b = w.next_batch().unwrap().clone();
         assert_eq!(b.history, vec![0, 1, 1, 2, 0, 4, 0, 6]);
-        assert_eq!(
-            b.history_ratings,
-            vec![0.0, 0.5, 0.5, 1.0, 0.0, 2.0, 0.0, 3.0]
-        );
+        assert_eq!(b.history_ratings, vec![0.0, 0.5, 0.5, 1.0, 0.0, 2.0, 0.0, 3.0]);
         assert_eq!(b.lengths, vec![1, 2, 1, 1]);
         assert_eq!(b.targets, vec![2, 3, 5, 7]);
         assert_eq!(b.target_ratings, vec![1.0, 1.5, 2.5, 3.5]);
@@ -274,29 +227,20 @@ mod tests {
         assert_eq!(b.seq_index, vec![0, 0, 1, 2]);
         let mut mask = Vec::new();
         b.padding_mask(&mut mask);
-        assert_eq!(
-            mask,
-            vec![true, false, false, false, true, false, true, false]
-        );
+        assert_eq!(mask, vec![true, false, false, false, true, false, true, false]);
         let mut times = Vec::new();
         b.gather_history(&store.times, -1, &mut times);
         assert_eq!(times, vec![-1, 0, 0, 1, -1, 3, -1, 5]);
         // The partial last batch is kept.
         let b = w.next_batch().unwrap();
-        assert_eq!(
-            (b.history.clone(), b.targets.clone()),
-            (vec![6, 7, 7, 8], vec![8, 9])
-        );
+        assert_eq!((b.history.clone(), b.targets.clone()), (vec![6, 7, 7, 8], vec![8, 9]));
         assert!(w.next_batch().is_none());
     }
 
     #[test]
     fn first_events_as_targets_and_part_mask() {
         let store = store_of(&[&[1, 2, 3], &[4, 5]]);
-        let cfg = WindowsConfig {
-            skip_first: false,
-            ..config(3, 10)
-        };
+        let cfg = WindowsConfig { skip_first: false, ..config(3, 10) };
         let parts = [Part::Test, Part::Train, Part::Test, Part::Test, Part::Valid];
         let mut w = Windows::new(&store, Targets::of(&parts, &[Part::Test]), &cfg).unwrap();
         let b = w.next_batch().unwrap();
@@ -322,11 +266,7 @@ mod tests {
         let store = random_store(&mut rng, seed);
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Test];
-        let targets = if seed % 2 == 0 {
-            Targets::of(&parts, &select)
-        } else {
-            Targets::All
-        };
+        let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
         let cfg = WindowsConfig {
             len: 1 + rng.below(8) as usize,
             batch_size: 1 + rng.below(10) as usize,
@@ -375,11 +315,7 @@ mod tests {
             for e in store.range(s) {
                 let first = e == store.offsets[s] && cfg.skip_first;
                 let expect = (!first && targets.selects(e)) as usize;
-                assert_eq!(
-                    seen[e], expect,
-                    "seed {seed}: event {e} seen {} times",
-                    seen[e]
-                );
+                assert_eq!(seen[e], expect, "seed {seed}: event {e} seen {} times", seen[e]);
             }
         }
     }

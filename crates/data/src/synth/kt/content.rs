@@ -20,12 +20,8 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// Riiid's lecture kinds and roughly their shares there.
-const LECTURE_TYPES: [(&str, f64); 4] = [
-    ("concept", 0.53),
-    ("solving question", 0.45),
-    ("intention", 0.017),
-    ("starter", 0.003),
-];
+const LECTURE_TYPES: [(&str, f64); 4] =
+    [("concept", 0.53), ("solving question", 0.45), ("intention", 0.017), ("starter", 0.003)];
 
 /// One question of the bank.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,11 +73,7 @@ impl Content {
         let mut bundles = Vec::new();
         while (questions.len() as u32) < n_q {
             let start = questions.len() as u32;
-            let size = if rng.bernoulli(0.8) {
-                1
-            } else {
-                2 + rng.below(4) as u32
-            };
+            let size = if rng.bernoulli(0.8) { 1 } else { 2 + rng.below(4) as u32 };
             let end = (start + size).min(n_q);
             let part = 1 + rng.below(7) as u8;
             for _ in start..end {
@@ -127,11 +119,7 @@ impl Content {
                 type_of: LECTURE_TYPES[types.sample(&mut rng)].0,
             })
             .collect();
-        Content {
-            questions,
-            bundles,
-            lectures,
-        }
+        Content { questions, bundles, lectures }
     }
 
     /// Writes `questions.csv`: `question_id,bundle_id,correct_answer,part,tags`
@@ -143,19 +131,10 @@ impl Content {
         crate::io::write_atomic(path, |f| {
             let io = |e| Error::io(path, e);
             let mut w = BufWriter::new(f);
-            w.write_all(b"question_id,bundle_id,correct_answer,part,tags\n")
-                .map_err(io)?;
+            w.write_all(b"question_id,bundle_id,correct_answer,part,tags\n").map_err(io)?;
             for (id, q) in self.questions.iter().enumerate() {
                 let tags: Vec<String> = q.tags.iter().map(u16::to_string).collect();
-                writeln!(
-                    w,
-                    "{id},{},{},{},{}",
-                    q.bundle_id,
-                    q.correct_answer,
-                    q.part,
-                    tags.join(" ")
-                )
-                .map_err(io)?;
+                writeln!(w, "{id},{},{},{},{}", q.bundle_id, q.correct_answer, q.part, tags.join(" ")).map_err(io)?;
             }
             w.flush().map_err(io)
         })
@@ -196,23 +175,14 @@ mod tests {
 
     #[test]
     fn bundles_tags_and_lecture_ids() {
-        let cfg = KtConfig {
-            n_questions: 500,
-            n_lectures: 40,
-            n_tags: 20,
-            ..KtConfig::default()
-        };
+        let cfg = KtConfig { n_questions: 500, n_lectures: 40, n_tags: 20, ..KtConfig::default() };
         let c = Content::generate(&cfg);
         assert_eq!(c.questions.len(), 500);
         assert_eq!(c.bundles.first().map(|b| b.start), Some(0));
         assert_eq!(c.bundles.last().map(|b| b.end), Some(500));
         assert!(c.bundles.windows(2).all(|w| w[0].end == w[1].start));
-        let singles =
-            c.bundles.iter().filter(|b| b.len() == 1).count() as f64 / c.bundles.len() as f64;
-        assert!(
-            (0.7..0.9).contains(&singles),
-            "single-question bundles {singles}"
-        );
+        let singles = c.bundles.iter().filter(|b| b.len() == 1).count() as f64 / c.bundles.len() as f64;
+        assert!((0.7..0.9).contains(&singles), "single-question bundles {singles}");
         for b in &c.bundles {
             assert!((1..=5).contains(&b.len()));
             for q in b.clone() {
@@ -225,10 +195,7 @@ mod tests {
         }
         assert_eq!(c.lectures.len(), 40);
         assert!(c.lectures.windows(2).all(|w| w[0].id < w[1].id));
-        assert!(
-            c.lectures.iter().any(|l| l.id < 500),
-            "lecture ids should overlap question ids"
-        );
+        assert!(c.lectures.iter().any(|l| l.id < 500), "lecture ids should overlap question ids");
         assert_eq!(Content::generate(&cfg), c);
     }
 }

@@ -101,24 +101,15 @@ impl KtRows {
 
     /// Appends rows `range` of `other`.
     pub fn extend_range(&mut self, other: &KtRows, range: std::ops::Range<usize>) {
-        self.timestamp
-            .extend_from_slice(&other.timestamp[range.clone()]);
-        self.user_id
-            .extend_from_slice(&other.user_id[range.clone()]);
-        self.content_id
-            .extend_from_slice(&other.content_id[range.clone()]);
-        self.content_type_id
-            .extend_from_slice(&other.content_type_id[range.clone()]);
-        self.task_container_id
-            .extend_from_slice(&other.task_container_id[range.clone()]);
-        self.user_answer
-            .extend_from_slice(&other.user_answer[range.clone()]);
-        self.answered_correctly
-            .extend_from_slice(&other.answered_correctly[range.clone()]);
-        self.prior_elapsed
-            .extend_from_slice(&other.prior_elapsed[range.clone()]);
-        self.prior_explanation
-            .extend_from_slice(&other.prior_explanation[range.clone()]);
+        self.timestamp.extend_from_slice(&other.timestamp[range.clone()]);
+        self.user_id.extend_from_slice(&other.user_id[range.clone()]);
+        self.content_id.extend_from_slice(&other.content_id[range.clone()]);
+        self.content_type_id.extend_from_slice(&other.content_type_id[range.clone()]);
+        self.task_container_id.extend_from_slice(&other.task_container_id[range.clone()]);
+        self.user_answer.extend_from_slice(&other.user_answer[range.clone()]);
+        self.answered_correctly.extend_from_slice(&other.answered_correctly[range.clone()]);
+        self.prior_elapsed.extend_from_slice(&other.prior_elapsed[range.clone()]);
+        self.prior_explanation.extend_from_slice(&other.prior_explanation[range.clone()]);
         self.p_correct.extend_from_slice(&other.p_correct[range]);
     }
 
@@ -156,11 +147,8 @@ impl KtRows {
 fn user_id(seed: u64, learner: u64) -> Result<(i32, Rng)> {
     let mut rng = Rng::fork(seed, learner);
     let id = 115 + 10 * learner as u128 + rng.below(10) as u128;
-    let id = i32::try_from(id).map_err(|_| {
-        Error::Invalid(format!(
-            "kt generator: learner {learner} gives user id {id}, beyond i32"
-        ))
-    })?;
+    let id = i32::try_from(id)
+        .map_err(|_| Error::Invalid(format!("kt generator: learner {learner} gives user id {id}, beyond i32")))?;
     Ok((id, rng))
 }
 
@@ -189,26 +177,17 @@ impl Knowledge {
 ///
 /// # Errors
 /// [`Error::Invalid`] when the learner's user id would not fit an `i32`.
-pub fn simulate_learner(
-    cfg: &KtConfig,
-    content: &Content,
-    learner: u64,
-    out: &mut KtRows,
-) -> Result<usize> {
+pub fn simulate_learner(cfg: &KtConfig, content: &Content, learner: u64, out: &mut KtRows) -> Result<usize> {
     let (user, mut rng) = user_id(cfg.seed, learner)?;
     let theta = rng.normal();
-    let offsets: Vec<f64> = (0..cfg.n_tags)
-        .map(|_| cfg.offset_sd * rng.normal())
-        .collect();
+    let offsets: Vec<f64> = (0..cfg.n_tags).map(|_| cfg.offset_sd * rng.normal()).collect();
     let mut know = Knowledge {
         level: vec![0.0; cfg.n_tags],
         updated: vec![0; cfg.n_tags],
         tau_ms: cfg.forget_days * DAY_MS,
         k_max: cfg.knowledge_max,
     };
-    let len = (cfg.len_median.ln() + cfg.len_sigma * rng.normal())
-        .exp()
-        .round();
+    let len = (cfg.len_median.ln() + cfg.len_sigma * rng.normal()).exp().round();
     let len = len.clamp(1.0, cfg.max_len as f64) as usize;
     let start = out.len();
     let (mut t, mut container, mut bundles_done) = (0i64, 0i32, 0u32);
@@ -217,17 +196,7 @@ pub fn simulate_learner(
     while out.len() - start < len {
         if bundles_done > 0 && !content.lectures.is_empty() && rng.bernoulli(cfg.lecture_prob) {
             let lecture = &content.lectures[rng.below(content.lectures.len() as u64) as usize];
-            out.push(
-                t,
-                user,
-                lecture.id as i32,
-                1,
-                container,
-                -1,
-                -1,
-                (f32::NAN, 0),
-                f32::NAN,
-            );
+            out.push(t, user, lecture.id as i32, 1, container, -1, -1, (f32::NAN, 0), f32::NAN);
             know.learn(lecture.tag as usize, t, cfg.eta_lecture);
             t += (lognormal(&mut rng, 240.0, 0.7) * 1000.0).round() as i64;
             container += 1;
@@ -238,31 +207,14 @@ pub fn simulate_learner(
         let mut answer_ms = 0i64;
         for q in bundle.clone() {
             let question = &content.questions[q as usize];
-            let skill: f64 = question
-                .tags
-                .iter()
-                .map(|&g| offsets[g as usize] + know.at(g as usize, t))
-                .sum::<f64>()
+            let skill: f64 = question.tags.iter().map(|&g| offsets[g as usize] + know.at(g as usize, t)).sum::<f64>()
                 / question.tags.len() as f64;
             let z = question.discrimination * (theta + skill - question.difficulty);
             let p = cfg.guess + (1.0 - cfg.guess) / (1.0 + (-z).exp());
             let correct = rng.bernoulli(p);
-            let answer = if correct {
-                question.correct_answer
-            } else {
-                (question.correct_answer + 1 + rng.below(3) as u8) % 4
-            };
-            out.push(
-                t,
-                user,
-                q as i32,
-                0,
-                container,
-                answer as i8,
-                correct as i8,
-                prior_cols,
-                p as f32,
-            );
+            let answer =
+                if correct { question.correct_answer } else { (question.correct_answer + 1 + rng.below(3) as u8) % 4 };
+            out.push(t, user, q as i32, 0, container, answer as i8, correct as i8, prior_cols, p as f32);
             answer_ms += 1000 * lognormal(&mut rng, 18.0, 0.6).round().clamp(1.0, 300.0) as i64;
         }
         for q in bundle.clone() {
@@ -302,12 +254,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (KtConfig, Content) {
-        let cfg = KtConfig {
-            n_questions: 300,
-            n_lectures: 20,
-            n_tags: 15,
-            ..KtConfig::default()
-        };
+        let cfg = KtConfig { n_questions: 300, n_lectures: 20, n_tags: 15, ..KtConfig::default() };
         let content = Content::generate(&cfg);
         (cfg, content)
     }
@@ -328,10 +275,7 @@ mod tests {
                 assert_eq!(right, rows.answered_correctly[i] == 1);
                 assert!(rows.p_correct[i] > 0.25 && rows.p_correct[i] < 1.0);
             } else {
-                assert!(content
-                    .lectures
-                    .iter()
-                    .any(|l| l.id as i32 == rows.content_id[i]));
+                assert!(content.lectures.iter().any(|l| l.id as i32 == rows.content_id[i]));
                 assert_eq!((rows.user_answer[i], rows.answered_correctly[i]), (-1, -1));
                 assert!(rows.prior_elapsed[i].is_nan() && rows.p_correct[i].is_nan());
                 assert_eq!(rows.prior_explanation[i], 0);
@@ -376,12 +320,7 @@ mod tests {
 
     #[test]
     fn knowledge_decays_and_saturates() {
-        let mut k = Knowledge {
-            level: vec![0.0],
-            updated: vec![0],
-            tau_ms: 1000.0,
-            k_max: 2.0,
-        };
+        let mut k = Knowledge { level: vec![0.0], updated: vec![0], tau_ms: 1000.0, k_max: 2.0 };
         k.learn(0, 0, 0.5);
         assert!((k.at(0, 0) - 0.5).abs() < 1e-12);
         assert!((k.at(0, 1000) - 0.5 * (-1f64).exp()).abs() < 1e-12);

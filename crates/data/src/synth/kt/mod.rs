@@ -133,11 +133,8 @@ impl KtConfig {
                 return bad(key, format!("found {x}, expected a finite number >= 0"));
             }
         }
-        let positive = [
-            ("knowledge_max", self.knowledge_max),
-            ("forget_days", self.forget_days),
-            ("len_median", self.len_median),
-        ];
+        let positive =
+            [("knowledge_max", self.knowledge_max), ("forget_days", self.forget_days), ("len_median", self.len_median)];
         for (key, x) in positive {
             if !(x.is_finite() && x > 0.0) {
                 return bad(key, format!("found {x}, expected a finite number > 0"));
@@ -187,12 +184,7 @@ impl KtConfig {
             rows.extend(part);
             learner_offsets.push(rows.len());
         }
-        Ok(KtData {
-            config: self.clone(),
-            content,
-            rows,
-            learner_offsets,
-        })
+        Ok(KtData { config: self.clone(), content, rows, learner_offsets })
     }
 }
 
@@ -215,9 +207,7 @@ impl KtData {
     pub fn test_mask(&self) -> Vec<bool> {
         let mut mask = vec![false; self.rows.len()];
         for w in self.learner_offsets.windows(2) {
-            let questions: Vec<usize> = (w[0]..w[1])
-                .filter(|&i| self.rows.content_type_id[i] == 0)
-                .collect();
+            let questions: Vec<usize> = (w[0]..w[1]).filter(|&i| self.rows.content_type_id[i] == 0).collect();
             let n_test = (questions.len() as f64 * self.config.test_fraction).round() as usize;
             for &i in &questions[questions.len() - n_test.min(questions.len())..] {
                 mask[i] = true;

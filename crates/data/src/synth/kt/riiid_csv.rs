@@ -21,8 +21,7 @@ use crate::{Error, Result};
 pub const TRAIN_HEADER: &str = "row_id,timestamp,user_id,content_id,content_type_id,task_container_id,user_answer,answered_correctly,prior_question_elapsed_time,prior_question_had_explanation";
 
 /// The test rule, as written into the report.
-const TEST_RULE: &str =
-    "per learner with n_q question rows, the last round(n_q * test_fraction) question rows \
+const TEST_RULE: &str = "per learner with n_q question rows, the last round(n_q * test_fraction) question rows \
                          in row (time) order are test; f64::round, halves away from zero";
 
 /// The oracle's results (`oracle.json`).
@@ -85,11 +84,7 @@ impl KtData {
         let (mut base_p, mut base_y) = (Vec::new(), Vec::new());
         for i in (0..rows.len()).filter(|&i| test[i]) {
             let q = rows.content_id[i] as usize;
-            base_p.push(if seen[q] > 0 {
-                right[q] as f64 / seen[q] as f64
-            } else {
-                overall
-            });
+            base_p.push(if seen[q] > 0 { right[q] as f64 / seen[q] as f64 } else { overall });
             base_y.push(rows.answered_correctly[i] == 1);
         }
         let m = oracle.finish();
@@ -116,17 +111,14 @@ impl KtData {
     pub fn write_riiid_csv(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         self.write_train_csv(&dir.join("train.csv"))?;
-        self.content
-            .write_questions_csv(&dir.join("questions.csv"))?;
+        self.content.write_questions_csv(&dir.join("questions.csv"))?;
         self.content.write_lectures_csv(&dir.join("lectures.csv"))?;
         self.write_truth_csv(&dir.join("truth.csv"))?;
         let report = self.oracle_report();
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| Error::Invalid(format!("serialising the kt oracle report: {e}")))?;
         let path = dir.join("oracle.json");
-        write_atomic(&path, |f| {
-            f.write_all(&json).map_err(|e| Error::io(&path, e))
-        })
+        write_atomic(&path, |f| f.write_all(&json).map_err(|e| Error::io(&path, e)))
     }
 
     /// Writes Riiid's `train.csv` (see the module documentation).

@@ -19,9 +19,7 @@ use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch,
-};
+use arrow_array::{ArrayRef, BooleanArray, Float32Array, Int32Array, Int64Array, Int8Array, RecordBatch};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
@@ -71,10 +69,7 @@ pub fn riiid_schema() -> SchemaRef {
 /// [`Error::Io`]/[`Error::Parquet`] on write failure (nothing is left at
 /// `path`); [`Error::Invalid`] when user ids would overflow `i32`.
 pub fn write_riiid_parquet(path: &Path, rows: u64, seed: u64) -> Result<ParquetSummary> {
-    let cfg = KtConfig {
-        seed,
-        ..KtConfig::default()
-    };
+    let cfg = KtConfig { seed, ..KtConfig::default() };
     write_riiid_parquet_with(path, rows, &cfg, DEFAULT_ROW_GROUP_ROWS)
 }
 
@@ -93,30 +88,20 @@ pub fn write_riiid_parquet_with(
 ) -> Result<ParquetSummary> {
     let content = cfg.content()?;
     if row_group_rows == 0 {
-        return Err(Error::config(
-            "<arguments>",
-            "row_group_rows",
-            "found 0, expected at least 1",
-        ));
+        return Err(Error::config("<arguments>", "row_group_rows", "found 0, expected at least 1"));
     }
     let schema = riiid_schema();
     // unique or nearly unique columns gain nothing from a dictionary.
     let props = ["row_id", "timestamp", "prior_question_elapsed_time"]
         .into_iter()
-        .fold(WriterProperties::builder(), |b, c| {
-            b.set_column_dictionary_enabled(ColumnPath::from(c), false)
-        })
+        .fold(WriterProperties::builder(), |b, c| b.set_column_dictionary_enabled(ColumnPath::from(c), false))
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(row_group_rows))
         .build();
-    let mut summary = ParquetSummary {
-        rows,
-        learners: 0,
-        row_groups: 0,
-    };
+    let mut summary = ParquetSummary { rows, learners: 0, row_groups: 0 };
     write_atomic(path, |file| {
-        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
-            .map_err(|e| Error::parquet(path, e))?;
+        let mut writer =
+            ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(|e| Error::parquet(path, e))?;
         let (tx, rx) = sync_channel::<Result<(KtRows, u64)>>(1);
         std::thread::scope(|scope| {
             scope.spawn(|| produce_chunks(cfg, &content, rows, tx));
@@ -183,25 +168,15 @@ fn produce_chunks(
             return;
         }
         next_learner = learners.end;
-        per_chunk = ((TARGET_CHUNK_ROWS * per_chunk as f64 / chunk_rows.max(1.0)) as u64)
-            .clamp(16, 1 << 16);
+        per_chunk = ((TARGET_CHUNK_ROWS * per_chunk as f64 / chunk_rows.max(1.0)) as u64).clamp(16, 1 << 16);
     }
 }
 
 /// One record batch of `rows`, numbered from `first_row_id`.
 fn record_batch(schema: &SchemaRef, rows: KtRows, first_row_id: i64) -> Result<RecordBatch> {
     let n = rows.len() as i64;
-    let elapsed_valid = NullBuffer::from(
-        rows.prior_elapsed
-            .iter()
-            .map(|x| !x.is_nan())
-            .collect::<Vec<bool>>(),
-    );
-    let explained: BooleanArray = rows
-        .prior_explanation
-        .iter()
-        .map(|&x| (x >= 0).then_some(x == 1))
-        .collect();
+    let elapsed_valid = NullBuffer::from(rows.prior_elapsed.iter().map(|x| !x.is_nan()).collect::<Vec<bool>>());
+    let explained: BooleanArray = rows.prior_explanation.iter().map(|&x| (x >= 0).then_some(x == 1)).collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(Int64Array::from_iter_values(first_row_id..first_row_id + n)),
         Arc::new(Int64Array::from(rows.timestamp)),
@@ -211,14 +186,9 @@ fn record_batch(schema: &SchemaRef, rows: KtRows, first_row_id: i64) -> Result<R
         Arc::new(Int32Array::from(rows.task_container_id)),
         Arc::new(Int8Array::from(rows.user_answer)),
         Arc::new(Int8Array::from(rows.answered_correctly)),
-        Arc::new(Float32Array::new(
-            rows.prior_elapsed.into(),
-            Some(elapsed_valid),
-        )),
+        Arc::new(Float32Array::new(rows.prior_elapsed.into(), Some(elapsed_valid))),
         Arc::new(explained),
     ];
-    RecordBatch::try_new(schema.clone(), columns).map_err(|source| Error::Arrow {
-        context: "building a riiid record batch".into(),
-        source,
-    })
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|source| Error::Arrow { context: "building a riiid record batch".into(), source })
 }

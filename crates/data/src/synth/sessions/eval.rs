@@ -70,9 +70,7 @@ impl SyntheticSessions {
         }
         let mut seen = vec![false; self.world.n_items() + 1];
         for &s in &train {
-            self.items_of(s)
-                .iter()
-                .for_each(|&x| seen[x as usize] = true);
+            self.items_of(s).iter().for_each(|&x| seen[x as usize] = true);
         }
         let mut split = LastDaySplit {
             test_from_ms,
@@ -84,12 +82,7 @@ impl SyntheticSessions {
             n_dropped_sessions: 0,
         };
         for s in candidates {
-            let kept: Vec<u32> = self
-                .items_of(s)
-                .iter()
-                .copied()
-                .filter(|&x| seen[x as usize])
-                .collect();
+            let kept: Vec<u32> = self.items_of(s).iter().copied().filter(|&x| seen[x as usize]).collect();
             split.n_removed_events += self.items_of(s).len() - kept.len();
             if kept.len() < 2 {
                 split.n_dropped_sessions += 1;
@@ -105,13 +98,7 @@ impl SyntheticSessions {
     /// The oracle's metrics on the last-day test split.
     pub fn oracle_report(&self) -> SessionsOracleReport {
         let split = self.last_day_split();
-        let metrics = evaluate_next_item(
-            &split,
-            self.world.n_items(),
-            &REPORT_KS,
-            TieMode::Median,
-            &self.world,
-        );
+        let metrics = evaluate_next_item(&split, self.world.n_items(), &REPORT_KS, TieMode::Median, &self.world);
         SessionsOracleReport {
             recall_at_20: metrics.recall(20).unwrap_or(0.0),
             mrr_at_20: metrics.mrr(20).unwrap_or(0.0),

@@ -105,8 +105,7 @@ impl SessionsConfig {
     /// # Errors
     /// [`Error::Config`] naming the first bad key (path `<sessions config>`).
     pub fn validate(&self) -> Result<()> {
-        let bad =
-            |key: &str, message: String| Err(Error::config("<sessions config>", key, message));
+        let bad = |key: &str, message: String| Err(Error::config("<sessions config>", key, message));
         let probs = [
             ("second_topic_prob", self.second_topic_prob),
             ("repeat_prob", self.repeat_prob),
@@ -129,50 +128,29 @@ impl SessionsConfig {
             }
         }
         if self.n_items == 0 || self.n_items >= u32::MAX as usize {
-            return bad(
-                "n_items",
-                format!("found {}, expected 1..{}", self.n_items, u32::MAX),
-            );
+            return bad("n_items", format!("found {}, expected 1..{}", self.n_items, u32::MAX));
         }
         if self.n_topics == 0 || self.n_topics > self.n_items {
-            return bad(
-                "n_topics",
-                format!(
-                    "found {}, expected 1..={} (n_items)",
-                    self.n_topics, self.n_items
-                ),
-            );
+            return bad("n_topics", format!("found {}, expected 1..={} (n_items)", self.n_topics, self.n_items));
         }
         if self.successors == 0 {
             return bad("successors", "found 0, expected at least 1".into());
         }
         if self.max_len < 2 {
-            return bad(
-                "max_len",
-                format!("found {}, expected at least 2", self.max_len),
-            );
+            return bad("max_len", format!("found {}, expected at least 2", self.max_len));
         }
         if self.n_sessions == 0 {
             return bad("n_sessions", "found 0, expected at least 1".into());
         }
         // bounds that keep every millisecond time far inside i64.
         if !(self.days.is_finite() && self.days > 0.0 && self.days <= 1e6) {
-            return bad(
-                "days",
-                format!("found {}, expected a number of days in (0, 1e6]", self.days),
-            );
+            return bad("days", format!("found {}, expected a number of days in (0, 1e6]", self.days));
         }
         if self.mean_gap_s > 1e9 {
-            return bad(
-                "mean_gap_s",
-                format!("found {}, expected at most 1e9 seconds", self.mean_gap_s),
-            );
+            return bad("mean_gap_s", format!("found {}, expected at most 1e9 seconds", self.mean_gap_s));
         }
         if self.start_unix_s.unsigned_abs() > 1_000_000_000_000 {
-            return bad(
-                "start_unix_s",
-                format!("found {}, expected |seconds| <= 1e12", self.start_unix_s),
-            );
+            return bad("start_unix_s", format!("found {}, expected |seconds| <= 1e12", self.start_unix_s));
         }
         Ok(())
     }
@@ -205,23 +183,11 @@ impl SessionsConfig {
             // a random popularity order: Zipf weights by position after a shuffle.
             rng.shuffle(&mut m);
             let pop = zipf_weights(m.len(), self.zipf_s);
-            let successors = (0..m.len())
-                .map(|l| self.draw_successors(&m, l, &mut rng))
-                .collect();
-            specs.push(TopicSpec {
-                members: m,
-                pop,
-                successors,
-            });
+            let successors = (0..m.len()).map(|l| self.draw_successors(&m, l, &mut rng)).collect();
+            specs.push(TopicSpec { members: m, pop, successors });
         }
         let prior = zipf_weights(n_topics, self.topic_zipf_s);
-        SessionWorld::from_parts(
-            self.n_items,
-            specs,
-            &prior,
-            self.repeat_prob,
-            self.successor_prob,
-        )
+        SessionWorld::from_parts(self.n_items, specs, &prior, self.repeat_prob, self.successor_prob)
     }
 
     /// `successors` distinct members other than `members[l]`, uniformly, with
@@ -238,11 +204,7 @@ impl SessionsConfig {
             others.swap(i, j);
         }
         let w = rng.dirichlet_ones(k);
-        others[..k]
-            .iter()
-            .zip(w)
-            .map(|(&i, wi)| (members[i], wi))
-            .collect()
+        others[..k].iter().zip(w).map(|(&i, wi)| (members[i], wi)).collect()
     }
 
     /// Generates the sessions (and the world behind them).
@@ -282,10 +244,7 @@ impl SessionsConfig {
                     let pos = rng.below(j as u64) as usize;
                     ((out.items[base + pos], locals[pos]), Origin::Repeat)
                 } else if rng.bernoulli(self.successor_prob) {
-                    (
-                        w.sample_successor(z, locals[j - 1], &mut rng),
-                        Origin::Successor,
-                    )
+                    (w.sample_successor(z, locals[j - 1], &mut rng), Origin::Successor)
                 } else {
                     (w.sample_popular(z, &mut rng), Origin::Popular)
                 };

@@ -97,16 +97,9 @@ impl SessionWorld {
     ) -> Result<Self> {
         let bad = |m: String| Err(Error::Invalid(format!("session world: {m}")));
         if topics.is_empty() || topics.len() != prior.len() {
-            return bad(format!(
-                "{} topics with {} prior weights",
-                topics.len(),
-                prior.len()
-            ));
+            return bad(format!("{} topics with {} prior weights", topics.len(), prior.len()));
         }
-        for (name, p) in [
-            ("repeat_prob", repeat_prob),
-            ("successor_prob", successor_prob),
-        ] {
+        for (name, p) in [("repeat_prob", repeat_prob), ("successor_prob", successor_prob)] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("{name} = {p}, expected a probability in [0, 1]"));
             }
@@ -116,9 +109,7 @@ impl SessionWorld {
         let mut built = Vec::with_capacity(topics.len());
         for (t, spec) in topics.into_iter().enumerate() {
             if spec.pop.len() != spec.members.len() || spec.successors.len() != spec.members.len() {
-                return bad(format!(
-                    "topic {t}: members, pop and successors differ in length"
-                ));
+                return bad(format!("topic {t}: members, pop and successors differ in length"));
             }
             for (l, &item) in spec.members.iter().enumerate() {
                 if item == 0 || item as usize > n_items {
@@ -132,8 +123,7 @@ impl SessionWorld {
             }
             let pop = normalised(&spec.pop, &format!("topic {t} popularity"))?;
             let mut succ_start = vec![0];
-            let (mut succ_local, mut succ_weight, mut succ_tables) =
-                (Vec::new(), Vec::new(), Vec::new());
+            let (mut succ_local, mut succ_weight, mut succ_tables) = (Vec::new(), Vec::new(), Vec::new());
             for (l, succ) in spec.successors.iter().enumerate() {
                 let w: Vec<f64> = succ.iter().map(|s| s.1).collect();
                 let w = normalised(&w, &format!("topic {t} successors of member {l}"))?;
@@ -195,16 +185,11 @@ impl SessionWorld {
 
     /// The (topic, member index) pairs of item `item`.
     pub fn topics_of(&self, item: u32) -> &[(u32, u32)] {
-        self.memberships
-            .get(item as usize)
-            .map_or(&[], Vec::as_slice)
+        self.memberships.get(item as usize).map_or(&[], Vec::as_slice)
     }
 
     fn local_in(&self, item: u32, t: usize) -> Option<u32> {
-        self.topics_of(item)
-            .iter()
-            .find(|p| p.0 as usize == t)
-            .map(|p| p.1)
+        self.topics_of(item).iter().find(|p| p.0 as usize == t).map(|p| p.1)
     }
 
     /// Draws a topic from the prior.
@@ -279,11 +264,7 @@ pub struct OraclePrefix<'w> {
 impl<'w> OraclePrefix<'w> {
     /// The empty prefix.
     pub fn new(world: &'w SessionWorld) -> Self {
-        OraclePrefix {
-            world,
-            log_joint: world.prior.iter().map(|p| p.ln()).collect(),
-            items: Vec::new(),
-        }
+        OraclePrefix { world, log_joint: world.prior.iter().map(|p| p.ln()).collect(), items: Vec::new() }
     }
 
     /// The prefix so far.
@@ -304,17 +285,11 @@ impl<'w> OraclePrefix<'w> {
         let succ = match (w.local_in(prev, t), local) {
             (Some(lp), Some(lx)) => {
                 let (succ_local, succ_weight) = topic.successors(lp);
-                succ_local
-                    .iter()
-                    .zip(succ_weight)
-                    .filter(|(&s, _)| s == lx)
-                    .map(|(_, &wt)| wt)
-                    .sum()
+                succ_local.iter().zip(succ_weight).filter(|(&s, _)| s == lx).map(|(_, &wt)| wt).sum()
             }
             _ => 0.0,
         };
-        w.repeat_prob * repeat
-            + (1.0 - w.repeat_prob) * (w.successor_prob * succ + (1.0 - w.successor_prob) * pop)
+        w.repeat_prob * repeat + (1.0 - w.repeat_prob) * (w.successor_prob * succ + (1.0 - w.successor_prob) * pop)
     }
 
     /// Appends item `x` to the prefix, updating the posterior.
@@ -323,10 +298,7 @@ impl<'w> OraclePrefix<'w> {
     /// [`Error::Invalid`] when `x` is outside `1..=n_items`.
     pub fn push(&mut self, x: u32) -> Result<()> {
         if x == 0 || x as usize > self.world.n_items {
-            return Err(Error::Invalid(format!(
-                "oracle: item id {x} outside 1..={}",
-                self.world.n_items
-            )));
+            return Err(Error::Invalid(format!("oracle: item id {x} outside 1..={}", self.world.n_items)));
         }
         let count = self.items.iter().filter(|&&y| y == x).count();
         let repeat = count as f64 / self.items.len().max(1) as f64;
@@ -342,11 +314,7 @@ impl<'w> OraclePrefix<'w> {
     /// The normalised posterior over topics (the prior when every topic is
     /// impossible).
     pub fn posterior(&self) -> Vec<f64> {
-        let max = self
-            .log_joint
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
+        let max = self.log_joint.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if max == f64::NEG_INFINITY {
             return self.world.prior.clone();
         }
@@ -363,23 +331,11 @@ impl<'w> OraclePrefix<'w> {
     /// If `out` has the wrong length (a caller bug).
     pub fn predict(&self, out: &mut [f64]) {
         let w = self.world;
-        assert_eq!(
-            out.len(),
-            w.n_items + 1,
-            "oracle: output length must be n_items + 1"
-        );
+        assert_eq!(out.len(), w.n_items + 1, "oracle: output length must be n_items + 1");
         out.fill(0.0);
         let post = self.posterior();
-        let (repeat, rest) = if self.items.is_empty() {
-            (0.0, 1.0)
-        } else {
-            (w.repeat_prob, 1.0 - w.repeat_prob)
-        };
-        let succ_share = if self.items.is_empty() {
-            0.0
-        } else {
-            w.successor_prob
-        };
+        let (repeat, rest) = if self.items.is_empty() { (0.0, 1.0) } else { (w.repeat_prob, 1.0 - w.repeat_prob) };
+        let succ_share = if self.items.is_empty() { 0.0 } else { w.successor_prob };
         for (t, &pt) in post.iter().enumerate() {
             if pt == 0.0 {
                 continue;
@@ -418,16 +374,10 @@ mod tests {
     /// Topic A = {1, 2}, pop (0.75, 0.25), 1→2, 2→1; topic B = {2, 3}, pop
     /// (0.5, 0.5), 2→3, 3→2; prior (0.6, 0.4); r = 0.2, a = 0.5.
     fn tiny() -> SessionWorld {
-        let a = TopicSpec {
-            members: vec![1, 2],
-            pop: vec![0.75, 0.25],
-            successors: vec![vec![(2, 1.0)], vec![(1, 1.0)]],
-        };
-        let b = TopicSpec {
-            members: vec![2, 3],
-            pop: vec![0.5, 0.5],
-            successors: vec![vec![(3, 1.0)], vec![(2, 1.0)]],
-        };
+        let a =
+            TopicSpec { members: vec![1, 2], pop: vec![0.75, 0.25], successors: vec![vec![(2, 1.0)], vec![(1, 1.0)]] };
+        let b =
+            TopicSpec { members: vec![2, 3], pop: vec![0.5, 0.5], successors: vec![vec![(3, 1.0)], vec![(2, 1.0)]] };
         SessionWorld::from_parts(3, vec![a, b], &[0.6, 0.4], 0.2, 0.5).unwrap()
     }
 
@@ -441,10 +391,7 @@ mod tests {
         // empty prefix: the prior, and the first-item marginal.
         assert!(close(&w.posterior(&[]).unwrap(), &[0.6, 0.4]));
         // P(1) = 0.6 * 0.75; P(2) = 0.6 * 0.25 + 0.4 * 0.5; P(3) = 0.4 * 0.5
-        assert!(close(
-            &w.predict_next(&[]).unwrap(),
-            &[0.0, 0.45, 0.35, 0.2]
-        ));
+        assert!(close(&w.predict_next(&[]).unwrap(), &[0.0, 0.45, 0.35, 0.2]));
         // [2]: joint A = 0.6 * 0.25 = 0.15, B = 0.4 * 0.5 = 0.2.
         assert!(close(&w.posterior(&[2]).unwrap(), &[3.0 / 7.0, 4.0 / 7.0]));
         // [2, 2]: P(2 | [2], A) = 0.2 + 0.8 * 0.5 * 0.25 = 0.3, B: 0.2 + 0.8 * 0.5 * 0.5 = 0.4;
@@ -454,10 +401,7 @@ mod tests {
         //   1: A only, 0.36 * 0.8 * (0.5 * 1 + 0.5 * 0.75) = 0.252
         //   2: repeat 0.2 + 0.36 * 0.8 * 0.5 * 0.25 + 0.64 * 0.8 * 0.5 * 0.5 = 0.364
         //   3: B only, 0.64 * 0.8 * (0.5 * 1 + 0.5 * 0.5) = 0.384
-        assert!(close(
-            &w.predict_next(&[2, 2]).unwrap(),
-            &[0.0, 0.252, 0.364, 0.384]
-        ));
+        assert!(close(&w.predict_next(&[2, 2]).unwrap(), &[0.0, 0.252, 0.364, 0.384]));
         // [1, 3] is impossible under both topics: the prior comes back.
         assert!(close(&w.posterior(&[1, 3]).unwrap(), &[0.6, 0.4]));
         assert!(w.predict_next(&[4]).is_err());
@@ -469,10 +413,7 @@ mod tests {
         let w = tiny();
         for prefix in [&[][..], &[1], &[2, 3], &[3, 2, 2, 3], &[1, 3]] {
             let p = w.predict_next(prefix).unwrap();
-            assert!(
-                (p.iter().sum::<f64>() - 1.0).abs() < 1e-12,
-                "{prefix:?}: {p:?}"
-            );
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{prefix:?}: {p:?}");
         }
     }
 
@@ -483,53 +424,11 @@ mod tests {
             members,
             successors: succ,
         };
-        assert!(SessionWorld::from_parts(
-            2,
-            vec![t(vec![1, 3], vec![vec![(1, 1.0)]; 2])],
-            &[1.0],
-            0.1,
-            0.1
-        )
-        .is_err());
-        assert!(SessionWorld::from_parts(
-            2,
-            vec![t(vec![1, 1], vec![vec![(1, 1.0)]; 2])],
-            &[1.0],
-            0.1,
-            0.1
-        )
-        .is_err());
-        assert!(SessionWorld::from_parts(
-            3,
-            vec![t(vec![1, 2], vec![vec![(3, 1.0)]; 2])],
-            &[1.0],
-            0.1,
-            0.1
-        )
-        .is_err());
-        assert!(SessionWorld::from_parts(
-            2,
-            vec![t(vec![1, 2], vec![vec![(1, 1.0)]; 2])],
-            &[1.0],
-            1.5,
-            0.1
-        )
-        .is_err());
-        assert!(SessionWorld::from_parts(
-            2,
-            vec![t(vec![1, 2], vec![vec![(1, 1.0)]; 2])],
-            &[0.0],
-            0.1,
-            0.1
-        )
-        .is_err());
-        assert!(SessionWorld::from_parts(
-            2,
-            vec![t(vec![1, 2], vec![vec![(1, 1.0)]; 2])],
-            &[1.0],
-            0.1,
-            0.1
-        )
-        .is_ok());
+        assert!(SessionWorld::from_parts(2, vec![t(vec![1, 3], vec![vec![(1, 1.0)]; 2])], &[1.0], 0.1, 0.1).is_err());
+        assert!(SessionWorld::from_parts(2, vec![t(vec![1, 1], vec![vec![(1, 1.0)]; 2])], &[1.0], 0.1, 0.1).is_err());
+        assert!(SessionWorld::from_parts(3, vec![t(vec![1, 2], vec![vec![(3, 1.0)]; 2])], &[1.0], 0.1, 0.1).is_err());
+        assert!(SessionWorld::from_parts(2, vec![t(vec![1, 2], vec![vec![(1, 1.0)]; 2])], &[1.0], 1.5, 0.1).is_err());
+        assert!(SessionWorld::from_parts(2, vec![t(vec![1, 2], vec![vec![(1, 1.0)]; 2])], &[0.0], 0.1, 0.1).is_err());
+        assert!(SessionWorld::from_parts(2, vec![t(vec![1, 2], vec![vec![(1, 1.0)]; 2])], &[1.0], 0.1, 0.1).is_ok());
     }
 }
