@@ -136,12 +136,16 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
 
     let t = Instant::now();
     let seq_keys = concat_keys(&std::mem::take(&mut raw.seq), "seq")?;
+    tracing::debug!("encode: joined seq keys at {:.2} s", t.elapsed().as_secs_f64());
     let seq_vocab = Vocab::from_arrays(&[seq_keys.as_ref()])?;
+    tracing::debug!("encode: seq vocabulary ({}) at {:.2} s", seq_vocab.len(), t.elapsed().as_secs_f64());
     let seq = seq_vocab.encode(seq_keys.as_ref(), "seq")?;
     drop(seq_keys);
+    tracing::debug!("encode: seq ids at {:.2} s", t.elapsed().as_secs_f64());
     let item_keys = concat_keys(&std::mem::take(&mut raw.item), "item")?;
     let (items, item_vocab, lecture_vocab) = encode_items(item_keys.as_ref(), raw.kind.as_deref())?;
     drop(item_keys);
+    tracing::debug!("encode: item ids at {:.2} s", t.elapsed().as_secs_f64());
     secs.encode = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

@@ -150,16 +150,8 @@ impl Vocab {
         }
         match (self, array.as_any().downcast_ref::<Int64Array>()) {
             (Vocab::Int(v), Some(a)) => {
-                let map: FxHashMap<i64, u32> = v.iter().enumerate().map(|(i, &k)| (k, i as u32 + 1)).collect();
-                let keys = a.values();
-                let mut out = vec![0u32; keys.len()];
-                out.par_chunks_mut(CHUNK).zip(keys.par_chunks(CHUNK)).enumerate().try_for_each(|(c, (o, k))| {
-                    for (j, (o, k)) in o.iter_mut().zip(k).enumerate() {
-                        *o = *map.get(k).ok_or_else(|| missing(c * CHUNK + j, k.to_string()))?;
-                    }
-                    Ok(())
-                })?;
-                Ok(out)
+                let map = IntKeyMap::new(v);
+                encode_int_slices(&[a.values()], what, |_| &map)
             }
             _ => {
                 let get = |i: usize| -> Option<String> {
@@ -183,6 +175,86 @@ impl Vocab {
             }
         }
     }
+}
+
+/// Integer key → id lookup: a dense table when the key range is small
+/// (ids of items, questions), a hash map otherwise (user ids).
+#[derive(Debug, Clone)]
+pub struct IntKeyMap {
+    min: i64,
+    dense: Vec<u32>,
+    hash: FxHashMap<i64, u32>,
+}
+
+impl IntKeyMap {
+    /// The lookup for sorted distinct `values` (ids `1..=len`).
+    pub fn new(values: &[i64]) -> Self {
+        let (min, max) = (values.first().copied().unwrap_or(0), values.last().copied().unwrap_or(0));
+        let span = max.wrapping_sub(min) as u64;
+        if !values.is_empty() && span < (values.len() as u64 * 8).max(1 << 16) {
+            let mut dense = vec![PAD; span as usize + 1];
+            for (i, &v) in values.iter().enumerate() {
+                dense[(v - min) as usize] = i as u32 + 1;
+            }
+            return IntKeyMap { min, dense, hash: FxHashMap::default() };
+        }
+        IntKeyMap { min, dense: Vec::new(), hash: values.iter().enumerate().map(|(i, &k)| (k, i as u32 + 1)).collect() }
+    }
+
+    /// Id of `key`, if it is in the vocabulary.
+    #[inline]
+    pub fn get(&self, key: i64) -> Option<u32> {
+        if self.dense.is_empty() {
+            return self.hash.get(&key).copied();
+        }
+        let off = key.wrapping_sub(self.min) as u64;
+        self.dense.get(off as usize).copied().filter(|&id| id != PAD && off < self.dense.len() as u64)
+    }
+}
+
+/// Encodes integer keys given as several slices (e.g. one per record batch)
+/// into one id vector, in parallel. `map_of(i)` picks the lookup for the
+/// key at global row `i` (lectures and questions use different vocabularies).
+///
+/// # Errors
+/// [`Error::Invalid`] naming `what` and the first row whose key is unknown.
+pub fn encode_int_slices<'m>(
+    slices: &[&[i64]],
+    what: &str,
+    map_of: impl Fn(usize) -> &'m IntKeyMap + Sync,
+) -> Result<Vec<u32>> {
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let mut out = vec![PAD; total];
+    // Pair every chunk of every slice with its output chunk and global start row.
+    let mut jobs: Vec<(usize, &[i64], &mut [u32])> = Vec::new();
+    let mut rest: &mut [u32] = &mut out;
+    let mut start = 0usize;
+    for s in slices {
+        let (mine, tail) = rest.split_at_mut(s.len());
+        rest = tail;
+        for (j, (k, o)) in s.chunks(CHUNK).zip(mine.chunks_mut(CHUNK)).enumerate() {
+            jobs.push((start + j * CHUNK, k, o));
+        }
+        start += s.len();
+    }
+    jobs.into_par_iter().try_for_each(|(first, keys, out)| {
+        // Keys come in runs (events grouped by user): remember the last one.
+        let (mut last_key, mut last_id, mut last_map) = (None, PAD, std::ptr::null::<IntKeyMap>());
+        for (j, (&k, o)) in keys.iter().zip(out.iter_mut()).enumerate() {
+            let map = map_of(first + j);
+            if last_key == Some(k) && std::ptr::eq(map, last_map) {
+                *o = last_id;
+                continue;
+            }
+            let id = map.get(k).ok_or_else(|| {
+                Error::Invalid(format!("{what}: row {}: key {k} is not in the vocabulary", first + j))
+            })?;
+            (last_key, last_id, last_map) = (Some(k), id, map);
+            *o = id;
+        }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
