@@ -91,7 +91,7 @@ pub(crate) fn read_interactions(src: &Source, options: &ReadOptions) -> Result<B
 /// A whole side table as one batch (side tables are small: parsed on one thread).
 pub(crate) fn read_table(src: &Source, options: &ReadOptions) -> Result<RecordBatch> {
     let mut reader = TextReader::open(src, options)?;
-    let mut columns = Columns::new(&reader.layout);
+    let mut columns = Columns::with_capacity(&reader.layout, 0);
     while let Some(block) = reader.next_block() {
         let block = block?;
         match columns.parse(&reader.layout, &block) {
@@ -120,7 +120,7 @@ impl TextBatches {
         let parsed: Vec<Result<(Option<RecordBatch>, u64), ChunkError>> = cut_at_lines(block, self.chunk_bytes)
             .into_par_iter()
             .map(|piece| {
-                let mut columns = Columns::new(layout);
+                let mut columns = Columns::for_text(layout, piece);
                 let lines = columns.parse(layout, piece).map_err(ChunkError::Line)?;
                 let batch =
                     if columns.rows() > 0 { Some(columns.finish(layout).map_err(ChunkError::Other)?) } else { None };
@@ -161,7 +161,11 @@ impl Iterator for TextBatches {
                     self.done = true;
                     return None;
                 }
-                Some(block) => block.and_then(|b| self.parse_block(&b)),
+                Some(block) => block.and_then(|b| {
+                    let parsed = self.parse_block(&b);
+                    self.reader.blocks.recycle(b);
+                    parsed
+                }),
             };
             if let Err(e) = outcome {
                 // After an error the stream ends: a later batch would be misleading.
