@@ -48,7 +48,13 @@ impl TextReader {
             text.drain(..start);
             (layout, 1)
         } else {
-            (resolve(src, None, Some(next_line(&text).0))?, 0)
+            // Without a header, the first non-blank line shows how many fields there are.
+            let mut rest = &text[..];
+            let mut first = &rest[..0];
+            while first.is_empty() && !rest.is_empty() {
+                (first, rest) = next_line(rest);
+            }
+            (resolve(src, None, Some(first))?, 0)
         };
         Ok(TextReader { layout: Arc::new(layout), first: Some(text), blocks, line })
     }
@@ -374,6 +380,17 @@ mod tests {
             let e = all(&source(Format::Gru4rec, &bad), &options).unwrap_err();
             assert_parse(e, &bad, target as u64 + 1, 3, "Time", "found `17x6`");
         }
+    }
+
+    #[test]
+    fn headerless_field_count_comes_from_the_first_non_blank_line() {
+        let path = write("e.csv", b"\n\r\n1,2,3\n4,5\n");
+        let mut src = source(Format::Csv, &path);
+        src.header = Some(false);
+        for (role, i) in [(Role::Seq, 0), (Role::Item, 1), (Role::Time, 2)] {
+            src.columns.insert(role, ColumnRef::Index(i));
+        }
+        assert_parse(error(&src), &path, 4, 3, "2", "found 2 fields, expected 3");
     }
 
     #[test]
