@@ -639,7 +639,7 @@ impl Recipe {
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Recipe> {
         let table: TomlTable = toml::from_str(text).map_err(|e| {
             let at = e.span().map(|span| {
-                let before = &text[..span.start.min(text.len())];
+                let before = text.get(..span.start).unwrap_or(text);
                 let line = before.matches('\n').count() + 1;
                 let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
                 format!("line {line}, column {column}: ")

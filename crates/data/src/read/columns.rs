@@ -49,16 +49,18 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(parse: &Parse) -> Builder {
+    fn new(parse: &Parse, rows: usize) -> Builder {
         match parse {
-            Parse::IntKey(_) | Parse::Time(_) | Parse::Group => Builder::Int64(Vec::new()),
-            Parse::Label => Builder::Int8(Vec::new()),
-            Parse::Kind => Builder::UInt8(Vec::new()),
-            Parse::Rating => Builder::Float32(Vec::new()),
-            Parse::Elapsed | Parse::Float => Builder::Float32Null(Float32Builder::new()),
-            Parse::Explained => Builder::BoolNull(BooleanBuilder::new()),
-            Parse::StrKey | Parse::Token => Builder::Utf8(StringBuilder::new()),
-            Parse::TokenSeq(_) | Parse::Flags(_) => Builder::List(ListBuilder::new(StringBuilder::new())),
+            Parse::IntKey(_) | Parse::Time(_) | Parse::Group => Builder::Int64(Vec::with_capacity(rows)),
+            Parse::Label => Builder::Int8(Vec::with_capacity(rows)),
+            Parse::Kind => Builder::UInt8(Vec::with_capacity(rows)),
+            Parse::Rating => Builder::Float32(Vec::with_capacity(rows)),
+            Parse::Elapsed | Parse::Float => Builder::Float32Null(Float32Builder::with_capacity(rows)),
+            Parse::Explained => Builder::BoolNull(BooleanBuilder::with_capacity(rows)),
+            Parse::StrKey | Parse::Token => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 8)),
+            Parse::TokenSeq(_) | Parse::Flags(_) => {
+                Builder::List(ListBuilder::with_capacity(StringBuilder::new(), rows))
+            }
         }
     }
 
@@ -165,9 +167,18 @@ pub(crate) struct Columns {
 }
 
 impl Columns {
-    /// Empty columns for `layout`.
-    pub(crate) fn new(layout: &TextLayout) -> Columns {
-        Columns { builders: layout.outputs.iter().map(|o| Builder::new(&o.parse)).collect(), rows: 0 }
+    /// Empty columns for `layout`, with room for about `rows` rows.
+    pub(crate) fn with_capacity(layout: &TextLayout, rows: usize) -> Columns {
+        Columns { builders: layout.outputs.iter().map(|o| Builder::new(&o.parse, rows)).collect(), rows: 0 }
+    }
+
+    /// Empty columns sized for the lines of `text`, estimated from its first
+    /// 4 KiB (growing builders would copy every column about twice).
+    pub(crate) fn for_text(layout: &TextLayout, text: &[u8]) -> Columns {
+        let sample = &text[..text.len().min(4096)];
+        let newlines = sample.iter().filter(|&&c| c == b'\n').count().max(1);
+        let rows = (text.len() / (sample.len() / newlines).max(1)) * 11 / 10 + 1;
+        Columns::with_capacity(layout, rows)
     }
 
     /// Rows parsed so far.

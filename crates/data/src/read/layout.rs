@@ -338,6 +338,14 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
             return Err(file_error(format!("feature `{name}` clashes with a canonical column name")));
         }
         if let (Some(at), "genres", None) = (p.genre_flags_at, name.as_str(), kind) {
+            if at + ML100K_GENRES.len() > names.len() {
+                return Err(file_error(format!(
+                    "`genres` needs {} genre flag columns from column {}, but there are only {} columns",
+                    ML100K_GENRES.len(),
+                    at + 1,
+                    names.len()
+                )));
+            }
             outputs.push(Output { name, field: at, parse: Parse::Flags(&ML100K_GENRES) });
             continue;
         }
@@ -435,7 +443,13 @@ mod tests {
 
     #[test]
     fn ml100k_items_turn_flags_into_genres() {
-        let src = Source::new(Table::Items, "u.item", Format::Movielens100k);
+        let mut src = Source::new(Table::Items, "u.item", Format::Movielens100k);
+        src.names = Some(vec!["item_id".into(), "title".into()]);
+        src.features = Some(vec![Feature { name: "genres".into(), kind: None }]);
+        let e = resolve(&src, None, None).unwrap_err().to_string();
+        assert!(e.contains("`genres` needs 19 genre flag columns from column 6, but there are only 2 columns"), "{e}");
+        src.names = None;
+        src.features = None;
         let l = resolve(&src, None, None).unwrap();
         assert_eq!(l.n_fields, 24);
         let genres = l.outputs.last().unwrap();

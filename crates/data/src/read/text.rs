@@ -48,7 +48,13 @@ impl TextReader {
             text.drain(..start);
             (layout, 1)
         } else {
-            (resolve(src, None, Some(next_line(&text).0))?, 0)
+            // Without a header, the first non-blank line shows how many fields there are.
+            let mut rest = &text[..];
+            let mut first = &rest[..0];
+            while first.is_empty() && !rest.is_empty() {
+                (first, rest) = next_line(rest);
+            }
+            (resolve(src, None, Some(first))?, 0)
         };
         Ok(TextReader { layout: Arc::new(layout), first: Some(text), blocks, line })
     }
@@ -91,7 +97,7 @@ pub(crate) fn read_interactions(src: &Source, options: &ReadOptions) -> Result<B
 /// A whole side table as one batch (side tables are small: parsed on one thread).
 pub(crate) fn read_table(src: &Source, options: &ReadOptions) -> Result<RecordBatch> {
     let mut reader = TextReader::open(src, options)?;
-    let mut columns = Columns::new(&reader.layout);
+    let mut columns = Columns::with_capacity(&reader.layout, 0);
     while let Some(block) = reader.next_block() {
         let block = block?;
         match columns.parse(&reader.layout, &block) {
@@ -120,7 +126,7 @@ impl TextBatches {
         let parsed: Vec<Result<(Option<RecordBatch>, u64), ChunkError>> = cut_at_lines(block, self.chunk_bytes)
             .into_par_iter()
             .map(|piece| {
-                let mut columns = Columns::new(layout);
+                let mut columns = Columns::for_text(layout, piece);
                 let lines = columns.parse(layout, piece).map_err(ChunkError::Line)?;
                 let batch =
                     if columns.rows() > 0 { Some(columns.finish(layout).map_err(ChunkError::Other)?) } else { None };
@@ -161,7 +167,11 @@ impl Iterator for TextBatches {
                     self.done = true;
                     return None;
                 }
-                Some(block) => block.and_then(|b| self.parse_block(&b)),
+                Some(block) => block.and_then(|b| {
+                    let parsed = self.parse_block(&b);
+                    self.reader.blocks.recycle(b);
+                    parsed
+                }),
             };
             if let Err(e) = outcome {
                 // After an error the stream ends: a later batch would be misleading.
@@ -370,6 +380,17 @@ mod tests {
             let e = all(&source(Format::Gru4rec, &bad), &options).unwrap_err();
             assert_parse(e, &bad, target as u64 + 1, 3, "Time", "found `17x6`");
         }
+    }
+
+    #[test]
+    fn headerless_field_count_comes_from_the_first_non_blank_line() {
+        let path = write("e.csv", b"\n\r\n1,2,3\n4,5\n");
+        let mut src = source(Format::Csv, &path);
+        src.header = Some(false);
+        for (role, i) in [(Role::Seq, 0), (Role::Item, 1), (Role::Time, 2)] {
+            src.columns.insert(role, ColumnRef::Index(i));
+        }
+        assert_parse(error(&src), &path, 4, 3, "2", "found 2 fields, expected 3");
     }
 
     #[test]

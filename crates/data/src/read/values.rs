@@ -5,6 +5,7 @@
 
 /// Parses a decimal integer with an optional sign; `None` on anything else
 /// (empty, spaces, a fraction, overflow).
+#[inline]
 pub(crate) fn parse_i64(b: &[u8]) -> Option<i64> {
     let (negative, digits) = match b.first()? {
         b'-' => (true, &b[1..]),
@@ -59,8 +60,13 @@ pub(crate) fn parse_f64(b: &[u8]) -> Result<f64, FloatError> {
 }
 
 /// Parses a finite `f32` (values outside the `f32` range count as not finite).
+#[inline]
 pub(crate) fn parse_f32(b: &[u8]) -> Result<f32, FloatError> {
-    let v = parse_f64(b)? as f32;
+    if let Some(v) = short_decimal_f32(b) {
+        return Ok(v);
+    }
+    let s = std::str::from_utf8(b).map_err(|_| FloatError::Malformed)?;
+    let v: f32 = s.parse().map_err(|_| FloatError::Malformed)?;
     if v.is_finite() {
         Ok(v)
     } else {
@@ -68,10 +74,45 @@ pub(crate) fn parse_f32(b: &[u8]) -> Result<f32, FloatError> {
     }
 }
 
+/// The common short decimals (`3`, `25000.0`, `-1.5`) without the general
+/// parser: when the digits form an integer below 2^24 and there are at most
+/// 10 fraction digits, both it and the power of ten are exact in `f32`, so
+/// one division rounds correctly. `None` means "use the general parser".
+#[inline]
+fn short_decimal_f32(b: &[u8]) -> Option<f32> {
+    const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+    let (negative, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    let mut mantissa: u32 = 0;
+    let mut fraction_digits = None;
+    let mut n_digits = 0;
+    for (i, &c) in digits.iter().enumerate() {
+        if c == b'.' && fraction_digits.is_none() {
+            fraction_digits = Some(digits.len() - i - 1);
+            continue;
+        }
+        let d = c.wrapping_sub(b'0');
+        if d > 9 || n_digits == 7 {
+            return None;
+        }
+        mantissa = mantissa * 10 + u32::from(d);
+        n_digits += 1;
+    }
+    if n_digits == 0 {
+        return None;
+    }
+    // 7 digits stay below 10^7 < 2^24.
+    let v = mantissa as f32 / POW10[fraction_digits.unwrap_or(0)];
+    Some(if negative { -v } else { v })
+}
+
 /// Parses a decimal number and scales it by `10^scale` into an integer:
 /// `parse_scaled(b"1396321232.5", 3) == Some(1396321232500)`. Fraction
 /// digits beyond `scale` are dropped (truncation toward zero); exponent
 /// notation goes through `f64` and is rounded.
+#[inline]
 pub(crate) fn parse_scaled(b: &[u8], scale: u32) -> Option<i64> {
     let (negative, rest) = match b.first()? {
         b'-' => (true, &b[1..]),
@@ -223,6 +264,7 @@ pub(crate) fn parse_iso8601_ms(b: &[u8]) -> Option<i64> {
 }
 
 /// Parses a boolean: `True`/`False` in any case, or `1`/`0`.
+#[inline]
 pub(crate) fn parse_bool(b: &[u8]) -> Option<bool> {
     if b.eq_ignore_ascii_case(b"true") || b == b"1" {
         Some(true)
@@ -260,7 +302,31 @@ mod tests {
         assert_eq!(parse_f32(b"-Infinity"), Err(FloatError::NotFinite));
         assert_eq!(parse_f32(b"1e39"), Err(FloatError::NotFinite));
         assert_eq!(parse_f32(b"x"), Err(FloatError::Malformed));
+        assert_eq!(parse_f32(b"1.2.3"), Err(FloatError::Malformed));
+        assert_eq!(parse_f32(b"."), Err(FloatError::Malformed));
+        assert_eq!(parse_f32(b"-"), Err(FloatError::Malformed));
         assert_eq!(parse_f32(b""), Err(FloatError::Malformed));
+    }
+
+    /// The short path agrees with the standard parser bit for bit.
+    #[test]
+    fn short_decimals_match_the_general_parser() {
+        let mut cases: Vec<String> =
+            ["0", "3", "-1.5", "25000.0", "0.1", "1234567", "9999.999", ".5", "5.", "0.0000001"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let mut x: u64 = 12345;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let digits = format!("{}", (x >> 40) % 10_000_000);
+            let point = (x >> 20) as usize % (digits.len() + 1);
+            cases.push(format!("{}.{}", &digits[..point], &digits[point..]));
+        }
+        for s in cases {
+            let expected: f32 = s.parse().unwrap();
+            assert_eq!(parse_f32(s.as_bytes()).map(f32::to_bits), Ok(expected.to_bits()), "{s}");
+        }
     }
 
     #[test]
