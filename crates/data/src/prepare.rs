@@ -16,7 +16,7 @@ use crate::persist::{self, Counts, PreparedEvents};
 use crate::recipe::Recipe;
 use crate::store::{Events, SequenceStore};
 use crate::table::{col, KIND_ITEM, KIND_LECTURE};
-use crate::vocab::Vocab;
+use crate::vocab::{encode_int_slices, IntKeyMap, Vocab};
 use crate::{features, filter, read, side, split, Error, Result};
 
 /// Raw columns gathered from the reader's batches.
@@ -92,26 +92,76 @@ fn concat_keys(parts: &[ArrayRef], what: &str) -> Result<ArrayRef> {
         .map_err(|e| Error::Arrow { context: format!("joining `{what}` keys"), source: e })
 }
 
-/// Item keys split by kind: events of kind item use the `item` vocabulary,
+/// The `Int64` values of every array, or `None` if any is not a null-free `Int64`.
+fn int_slices(arrays: &[ArrayRef]) -> Option<Vec<&[i64]>> {
+    arrays
+        .iter()
+        .map(|a| a.as_any().downcast_ref::<Int64Array>().filter(|a| a.null_count() == 0).map(|a| &a.values()[..]))
+        .collect()
+}
+
+/// Encodes sequence keys: straight from the batches' slices for integer keys.
+fn encode_seq(keys: &[ArrayRef]) -> Result<(Vec<u32>, Vocab)> {
+    if let Some(slices) = int_slices(keys) {
+        let vocab = Vocab::from_int_slices(&slices);
+        let Vocab::Int(values) = &vocab else { unreachable!("integer vocabulary") };
+        let map = IntKeyMap::new(values);
+        return Ok((encode_int_slices(&slices, "seq", |_| &map)?, vocab));
+    }
+    let keys = concat_keys(keys, "seq")?;
+    let vocab = Vocab::from_arrays(&[keys.as_ref()])?;
+    Ok((vocab.encode(keys.as_ref(), "seq")?, vocab))
+}
+
+/// Item keys by kind: events of kind item use the `item` vocabulary,
 /// lectures the `lecture` vocabulary (Riiid's ids of the two overlap).
-fn encode_items(keys: &dyn Array, kinds: Option<&[u8]>) -> Result<(Vec<u32>, Vocab, Option<Vocab>)> {
-    let Some(kinds) = kinds.filter(|k| k.contains(&KIND_LECTURE)) else {
-        let vocab = Vocab::from_arrays(&[keys])?;
-        let ids = vocab.encode(keys, "item")?;
-        return Ok((ids, vocab, None));
-    };
-    let mask = |want: u8| BooleanArray::from(kinds.iter().map(|&k| k == want).collect::<Vec<bool>>());
-    let filter = |m: &BooleanArray| {
-        arrow_select::filter::filter(keys, m)
-            .map_err(|e| Error::Arrow { context: "selecting item keys by kind".into(), source: e })
-    };
-    let (qm, lm) = (mask(KIND_ITEM), mask(KIND_LECTURE));
-    let (q, l) = (filter(&qm)?, filter(&lm)?);
-    let (qv, lv) = (Vocab::from_arrays(&[q.as_ref()])?, Vocab::from_arrays(&[l.as_ref()])?);
-    let (qi, li) = (qv.encode(q.as_ref(), "item")?, lv.encode(l.as_ref(), "lecture")?);
-    let (mut qi, mut li) = (qi.into_iter(), li.into_iter());
-    let ids = kinds.iter().map(|&k| if k == KIND_LECTURE { li.next() } else { qi.next() }.unwrap_or(0)).collect();
-    Ok((ids, qv, Some(lv)))
+fn encode_items(keys: &[ArrayRef], kinds: Option<&[u8]>) -> Result<(Vec<u32>, Vocab, Option<Vocab>)> {
+    let lectures = kinds.filter(|k| k.contains(&KIND_LECTURE));
+    match (int_slices(keys), lectures) {
+        (Some(slices), Some(kinds)) => {
+            let (mut items, mut lecs) = (Vec::new(), Vec::new());
+            let mut start = 0;
+            for s in &slices {
+                for (&k, &kind) in s.iter().zip(&kinds[start..start + s.len()]) {
+                    if kind == KIND_LECTURE { &mut lecs } else { &mut items }.push(k);
+                }
+                start += s.len();
+            }
+            let (iv, lv) = (Vocab::from_ints(&items), Vocab::from_ints(&lecs));
+            drop((items, lecs));
+            let (Vocab::Int(iv_values), Vocab::Int(lv_values)) = (&iv, &lv) else {
+                unreachable!("integer vocabularies")
+            };
+            let (imap, lmap) = (IntKeyMap::new(iv_values), IntKeyMap::new(lv_values));
+            let ids = encode_int_slices(&slices, "item", |i| if kinds[i] == KIND_LECTURE { &lmap } else { &imap })?;
+            Ok((ids, iv, Some(lv)))
+        }
+        (Some(slices), None) => {
+            let vocab = Vocab::from_int_slices(&slices);
+            let Vocab::Int(values) = &vocab else { unreachable!("integer vocabulary") };
+            let map = IntKeyMap::new(values);
+            Ok((encode_int_slices(&slices, "item", |_| &map)?, vocab, None))
+        }
+        (None, lectures) => {
+            let keys = concat_keys(keys, "item")?;
+            let Some(kinds) = lectures else {
+                let vocab = Vocab::from_arrays(&[keys.as_ref()])?;
+                return Ok((vocab.encode(keys.as_ref(), "item")?, vocab, None));
+            };
+            let mask = |want: u8| BooleanArray::from(kinds.iter().map(|&k| k == want).collect::<Vec<bool>>());
+            let pick = |m: &BooleanArray| {
+                arrow_select::filter::filter(keys.as_ref(), m)
+                    .map_err(|e| Error::Arrow { context: "selecting item keys by kind".into(), source: e })
+            };
+            let (q, l) = (pick(&mask(KIND_ITEM))?, pick(&mask(KIND_LECTURE))?);
+            let (qv, lv) = (Vocab::from_arrays(&[q.as_ref()])?, Vocab::from_arrays(&[l.as_ref()])?);
+            let (mut qi, mut li) =
+                (qv.encode(q.as_ref(), "item")?.into_iter(), lv.encode(l.as_ref(), "lecture")?.into_iter());
+            let ids =
+                kinds.iter().map(|&k| if k == KIND_LECTURE { li.next() } else { qi.next() }.unwrap_or(0)).collect();
+            Ok((ids, qv, Some(lv)))
+        }
+    }
 }
 
 /// Runs the whole pipeline of `recipe` and writes the prepared dataset to
@@ -135,17 +185,10 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     }
 
     let t = Instant::now();
-    let seq_keys = concat_keys(&std::mem::take(&mut raw.seq), "seq")?;
-    tracing::debug!("encode: joined seq keys at {:.2} s", t.elapsed().as_secs_f64());
-    let seq_vocab = Vocab::from_arrays(&[seq_keys.as_ref()])?;
-    tracing::debug!("encode: seq vocabulary ({}) at {:.2} s", seq_vocab.len(), t.elapsed().as_secs_f64());
-    let seq = seq_vocab.encode(seq_keys.as_ref(), "seq")?;
-    drop(seq_keys);
-    tracing::debug!("encode: seq ids at {:.2} s", t.elapsed().as_secs_f64());
-    let item_keys = concat_keys(&std::mem::take(&mut raw.item), "item")?;
-    let (items, item_vocab, lecture_vocab) = encode_items(item_keys.as_ref(), raw.kind.as_deref())?;
-    drop(item_keys);
-    tracing::debug!("encode: item ids at {:.2} s", t.elapsed().as_secs_f64());
+    let (seq, seq_vocab) = encode_seq(&std::mem::take(&mut raw.seq))?;
+    tracing::debug!("encode: {} sequences at {:.2} s", seq_vocab.len(), t.elapsed().as_secs_f64());
+    let (items, item_vocab, lecture_vocab) = encode_items(&std::mem::take(&mut raw.item), raw.kind.as_deref())?;
+    tracing::debug!("encode: {} items at {:.2} s", item_vocab.len(), t.elapsed().as_secs_f64());
     secs.encode = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
