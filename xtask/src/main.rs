@@ -66,8 +66,26 @@ fn cargo() -> Command {
 
 /// Runs the release `seqrec` binary with `args`.
 fn seqrec(args: &[&str]) -> Result<()> {
-    run(cargo().args(["build", "--release", "--quiet", "-p", "seqrec"]))?;
-    run(Command::new(root().join("target/release/seqrec")).args(args))
+    seqrec_profile(Profile::Release, args)
+}
+
+/// Which build of `seqrec` to run.
+#[derive(Clone, Copy, PartialEq)]
+enum Profile {
+    /// Optimised: for real measurements and the main job.
+    Release,
+    /// The test build: `bench --quick` only proves a benchmark still runs, so
+    /// CI saves a second full build on its 2 cores.
+    Dev,
+}
+
+fn seqrec_profile(profile: Profile, args: &[&str]) -> Result<()> {
+    let (flag, dir) = match profile {
+        Profile::Release => (Some("--release"), "target/release/seqrec"),
+        Profile::Dev => (None, "target/debug/seqrec"),
+    };
+    run(cargo().args(["build", "--quiet", "-p", "seqrec"]).args(flag))?;
+    run(Command::new(root().join(dir)).args(args))
 }
 
 fn train(rest: &[String]) -> Result<()> {
@@ -105,7 +123,7 @@ fn bench(rest: &[String]) -> Result<()> {
             a.push("--quick");
         }
         a.extend(&args);
-        seqrec(&a)?;
+        seqrec_profile(if quick { Profile::Dev } else { Profile::Release }, &a)?;
     }
     Ok(())
 }
