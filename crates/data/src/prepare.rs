@@ -259,3 +259,91 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     })?;
     Ok(meta)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Dataset;
+    use crate::split::Part;
+    use crate::synth::kt::KtConfig;
+    use crate::synth::sessions::SessionsConfig;
+
+    fn recipe(dir: &Path, text: &str) -> Recipe {
+        let path = dir.join("recipe.toml");
+        std::fs::write(&path, text).unwrap();
+        Recipe::load(&path).unwrap()
+    }
+
+    /// The prepared test questions are exactly the generator's oracle events.
+    #[test]
+    fn riiid_csv_from_the_kt_generator_round_trips_with_the_oracle_protocol() {
+        let d = crate::io::scratch_dir("prepare-kt");
+        let cfg =
+            KtConfig { n_learners: 60, n_questions: 300, n_lectures: 20, lecture_prob: 0.1, ..KtConfig::default() };
+        let data = cfg.generate().unwrap();
+        data.write_riiid_csv(&d).unwrap();
+        let r = recipe(
+            &d,
+            "format = \"riiid\"\n[interactions]\npath = \"train.csv\"\n[questions]\npath = \"questions.csv\"\n\
+             [lectures]\npath = \"lectures.csv\"\n[split]\nkind = \"last_fraction\"\ntest = 0.1\nvalid = 0.1\n",
+        );
+        let out = d.join("prepared");
+        let meta = prepare(&r, &out).unwrap();
+        assert_eq!(meta.rows_read, data.rows.len());
+        let ds = Dataset::open(&out).unwrap();
+        let (s, parts) = (&ds.events.store, &ds.events.parts);
+        let kinds = s.kinds.as_ref().unwrap();
+        let test_questions = (0..s.n_events()).filter(|&i| parts[i] == Part::Test && kinds[i] == KIND_ITEM).count();
+        let removed = meta.split["removed_unseen_test"].as_u64().unwrap() as usize;
+        let oracle_events = data.test_mask().iter().filter(|&&t| t).count();
+        assert_eq!(test_questions + removed, oracle_events);
+        // lectures keep their own vocabulary and carry no label
+        let labels = s.labels.as_ref().unwrap();
+        assert!((0..s.n_events()).any(|i| kinds[i] == KIND_LECTURE));
+        assert!((0..s.n_events()).all(|i| (kinds[i] == KIND_LECTURE) == (labels[i] == -1)));
+        assert_eq!(ds.vocabs["lecture"].len(), meta.vocab_sizes["lecture"]);
+        assert!(meta.side_tables.contains_key("questions") && meta.side_tables.contains_key("lectures"));
+    }
+
+    /// The prepared last-day split has the targets the sessions oracle was scored on.
+    #[test]
+    fn gru4rec_tsv_from_the_session_generator_matches_the_oracle_split() {
+        let d = crate::io::scratch_dir("prepare-sessions");
+        let cfg =
+            SessionsConfig { n_items: 300, n_topics: 6, n_sessions: 3000, days: 10.0, ..SessionsConfig::default() };
+        let data = cfg.generate().unwrap();
+        data.write_gru4rec_tsv(&d.join("sessions.tsv")).unwrap();
+        let report = data.oracle_report();
+        let r = recipe(
+            &d,
+            "format = \"gru4rec\"\n[interactions]\npath = \"sessions.tsv\"\n[split]\nkind = \"last_days\"\ndays = 1\n",
+        );
+        let out = d.join("prepared");
+        prepare(&r, &out).unwrap();
+        let ds = Dataset::open(&out).unwrap();
+        let (s, parts) = (&ds.events.store, &ds.events.parts);
+        let test_seqs: Vec<usize> = (0..s.n_seq()).filter(|&q| parts[s.range(q)][0] == Part::Test).collect();
+        let targets: usize = test_seqs.iter().map(|&q| s.len_of(q) - 1).sum();
+        assert_eq!(test_seqs.len(), report.n_test_sessions);
+        assert_eq!(targets as u64, report.n_targets);
+    }
+
+    #[test]
+    fn nothing_is_left_behind_when_a_side_table_lacks_a_key() {
+        let d = crate::io::scratch_dir("prepare-side");
+        std::fs::write(d.join("i.csv"), "u,i,t\n1,10,0\n2,11,5\n").unwrap();
+        std::fs::write(d.join("users.csv"), "u,g\n1,M\n").unwrap();
+        let r = recipe(
+            &d,
+            "format = \"csv\"\n[interactions]\npath = \"i.csv\"\ncolumns = { seq = \"u\", item = \"i\", time = \"t\" }\n\
+             [users]\npath = \"users.csv\"\nkey = \"u\"\nfeatures = [\"g\"]\n",
+        );
+        let out = d.join("prepared");
+        let e = prepare(&r, &out).unwrap_err().to_string();
+        assert!(e.contains("users.csv") && e.contains("user 2"), "{e}");
+        assert!(!out.exists());
+        let names: Vec<String> =
+            std::fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+    }
+}

@@ -13,10 +13,12 @@
 //!
 //! The oracle is the generator's own `P(correct)`: it knows each learner's
 //! latent ability and knowledge, which no model observes, so its AUC is an
-//! upper bound for any model. Test events (the default protocol): for each
-//! learner with `n_q` question rows, the last `round(n_q · test_fraction)`
-//! question rows in row order (`f64::round`, halves away from zero; a
-//! learner with `n_q = 4` has none at 0.1, with `n_q = 5` one).
+//! upper bound for any model. Test events (the default protocol, the same
+//! rule as the `last_fraction` split, so a prepared dataset's test questions
+//! are exactly these): for each learner with `n` rows, the last
+//! `round(n · test_fraction)` rows in row order (`f64::round`, halves away
+//! from zero; a learner with `n = 4` has none at 0.1, with `n = 5` one);
+//! the questions among them are the test targets.
 
 pub mod content;
 pub mod learner;
@@ -72,7 +74,7 @@ pub struct KtConfig {
     pub len_sigma: f64,
     /// Longest history in rows (default 20,000).
     pub max_len: usize,
-    /// Fraction of each learner's question rows that are test (default 0.1).
+    /// Fraction of each learner's rows that are test (default 0.1).
     pub test_fraction: f64,
     /// Seed of everything (default 1).
     pub seed: u64,
@@ -202,15 +204,16 @@ pub struct KtData {
 }
 
 impl KtData {
-    /// Per row: true for the test events of the default protocol (see the
-    /// module documentation); lectures are never test.
+    /// Per row: true for the test targets of the default protocol (see the
+    /// module documentation): questions among each learner's last rows;
+    /// lectures are never targets.
     pub fn test_mask(&self) -> Vec<bool> {
         let mut mask = vec![false; self.rows.len()];
         for w in self.learner_offsets.windows(2) {
-            let questions: Vec<usize> = (w[0]..w[1]).filter(|&i| self.rows.content_type_id[i] == 0).collect();
-            let n_test = (questions.len() as f64 * self.config.test_fraction).round() as usize;
-            for &i in &questions[questions.len() - n_test.min(questions.len())..] {
-                mask[i] = true;
+            let n = w[1] - w[0];
+            let n_test = ((n as f64 * self.config.test_fraction).round() as usize).min(n);
+            for i in w[1] - n_test..w[1] {
+                mask[i] = self.rows.content_type_id[i] == 0;
             }
         }
         mask

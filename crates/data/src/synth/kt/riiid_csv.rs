@@ -21,8 +21,8 @@ use crate::{Error, Result};
 pub const TRAIN_HEADER: &str = "row_id,timestamp,user_id,content_id,content_type_id,task_container_id,user_answer,answered_correctly,prior_question_elapsed_time,prior_question_had_explanation";
 
 /// The test rule, as written into the report.
-const TEST_RULE: &str = "per learner with n_q question rows, the last round(n_q * test_fraction) question rows \
-                         in row (time) order are test; f64::round, halves away from zero";
+const TEST_RULE: &str = "per learner with n rows, the questions among the last round(n * test_fraction) rows \
+                         in row (time) order are test; f64::round, halves away from zero (the last_fraction split)";
 
 /// The oracle's results (`oracle.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
