@@ -162,10 +162,10 @@ impl SequenceStore {
     /// (stable). Sequences appear in ascending seq id; ids with no events are
     /// absent.
     ///
-    /// Two cache-friendly passes (see the `group` module): memory beyond
-    /// the input and output columns is one `u32` permutation, the sequence
-    /// ids in bucket order, and one column in bucket order at a time; each
-    /// input column is freed as soon as it has been distributed.
+    /// Two cache-friendly passes (see the `group` module). Each input
+    /// column's buffer becomes the output column, so memory beyond the input
+    /// is one `u32` permutation and two bucket-order buffers (32- and 64-bit)
+    /// that all columns share: 16 bytes per event.
     ///
     /// # Errors
     /// [`Error::Invalid`] when a column's length differs from `seq`'s, when a

@@ -27,6 +27,10 @@ const BUCKET_EVENTS: usize = 1 << 15;
 /// Most buckets (write streams) in pass A: more thrash the TLB.
 const MAX_BUCKETS: usize = 1024;
 
+/// Sequences longer than this are sorted by time in parallel: one learner
+/// or one bot can hold most of the events.
+const LONG_SEQUENCE: usize = 1 << 16;
+
 /// Groups `events` into a store (see [`SequenceStore::from_events`]).
 pub(super) fn group_events(events: Events) -> Result<SequenceStore> {
     check_event_columns(&events)?;
@@ -334,7 +338,12 @@ impl Bucket<'_> {
             let end = start + len as usize;
             if unsorted {
                 // The slot breaks ties: slots follow input order.
-                out[start..end].sort_unstable_by_key(|&slot| (time(slot), slot));
+                let seq = &mut out[start..end];
+                if seq.len() > LONG_SEQUENCE {
+                    seq.par_sort_unstable_by_key(|&slot| (time(slot), slot));
+                } else {
+                    seq.sort_unstable_by_key(|&slot| (time(slot), slot));
+                }
             }
             start = end;
         }
@@ -532,6 +541,13 @@ mod tests {
             }
             check(&e, &group_events(e.clone()).unwrap());
         }
+    }
+
+    #[test]
+    fn long_sequences_sort_in_parallel_and_stay_stable() {
+        let mut rng = Rng::new(9);
+        let e = random_events(&mut rng, LONG_SEQUENCE + 5000, 2);
+        check(&e, &group_events(e.clone()).unwrap());
     }
 
     #[test]
