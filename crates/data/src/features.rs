@@ -48,7 +48,7 @@ pub fn raw_gaps_seconds(store: &SequenceStore) -> Vec<f64> {
     store.par_for_each_sequence_mut(&mut gaps, |s, g| {
         let t = store.times_of(s);
         for k in 1..g.len() {
-            g[k] = (t[k] - t[k - 1]) as f64 / MS_PER_SECOND;
+            g[k] = t[k].saturating_sub(t[k - 1]) as f64 / MS_PER_SECOND;
         }
     });
     gaps
@@ -81,7 +81,7 @@ pub fn fit_gaps(store: &SequenceStore, parts: &[Part]) -> GapParams {
             let later_parts = &parts[(r.start + 1).min(r.end)..r.end];
             for (t, &p) in store.times[r].windows(2).zip(later_parts) {
                 if p == Part::Train {
-                    sums.push(log1p_gap((t[1] - t[0]) as f64 / MS_PER_SECOND));
+                    sums.push(log1p_gap(t[1].saturating_sub(t[0]) as f64 / MS_PER_SECOND));
                 }
             }
             sums
@@ -107,7 +107,7 @@ pub fn normalise_gaps(store: &SequenceStore, params: &GapParams) -> Vec<f32> {
     store.par_for_each_sequence_mut(&mut out, |s, g| {
         let t = store.times_of(s);
         for k in 1..g.len() {
-            g[k] = params.normalise((t[k] - t[k - 1]) as f64 / MS_PER_SECOND);
+            g[k] = params.normalise(t[k].saturating_sub(t[k - 1]) as f64 / MS_PER_SECOND);
         }
     });
     out

@@ -249,7 +249,7 @@ fn assign_parts(store: &SequenceStore, cfg: &SplitConfig) -> (Vec<Part>, usize) 
         SplitConfig::None => {}
         SplitConfig::LeaveLastOut { n, valid } => {
             store.par_for_each_sequence_mut(&mut parts, |_, p| {
-                if p.len() <= n + valid {
+                if p.len() <= n.saturating_add(valid) {
                     short.fetch_add(1, Ordering::Relaxed);
                 } else {
                     mark_tail(p, n, valid);
