@@ -29,8 +29,15 @@ impl GapParams {
     /// zero `std` taken as 1 and negative gaps as 0.
     pub fn normalise(&self, gap_seconds: f64) -> f32 {
         let std = if self.std > 0.0 { self.std } else { 1.0 };
-        ((gap_seconds.max(0.0).ln_1p() - self.mean) / std) as f32
+        ((log1p_gap(gap_seconds) - self.mean) / std) as f32
     }
+}
+
+/// `log1p` of a gap in seconds, negative gaps taken as 0. Gaps come in whole
+/// milliseconds, so `ln(1 + x)` loses nothing that matters (relative error
+/// below 1e-12 for x >= 0.001) and is several times faster than `ln_1p`.
+fn log1p_gap(gap_seconds: f64) -> f64 {
+    (1.0 + gap_seconds.max(0.0)).ln()
 }
 
 /// The gap of every event to the previous event of its sequence, in seconds;
@@ -41,7 +48,7 @@ pub fn raw_gaps_seconds(store: &SequenceStore) -> Vec<f64> {
     store.par_for_each_sequence_mut(&mut gaps, |s, g| {
         let t = store.times_of(s);
         for k in 1..g.len() {
-            g[k] = (t[k] - t[k - 1]) as f64 / MS_PER_SECOND;
+            g[k] = t[k].saturating_sub(t[k - 1]) as f64 / MS_PER_SECOND;
         }
     });
     gaps
@@ -63,16 +70,17 @@ pub fn fit_gaps(store: &SequenceStore, parts: &[Part]) -> GapParams {
     assert_eq!(parts.len(), store.n_events(), "fit_gaps: {} parts for {} events", parts.len(), store.n_events());
     let stats = (0..store.n_seq())
         .into_par_iter()
-        .fold(Moments::default, |mut m, s| {
+        .fold(ShiftedSums::default, |mut sums, s| {
             let r = store.range(s);
             let later_parts = &parts[(r.start + 1).min(r.end)..r.end];
             for (t, &p) in store.times[r].windows(2).zip(later_parts) {
                 if p == Part::Train {
-                    m.push(((t[1] - t[0]) as f64 / MS_PER_SECOND).max(0.0).ln_1p());
+                    sums.push(log1p_gap(t[1].saturating_sub(t[0]) as f64 / MS_PER_SECOND));
                 }
             }
-            m
+            sums
         })
+        .map(ShiftedSums::moments)
         .reduce(Moments::default, Moments::merge);
     let std = if stats.n > 0 { (stats.m2 / stats.n as f64).sqrt() } else { 0.0 };
     GapParams { mean: stats.mean, std, n: stats.n }
@@ -85,14 +93,45 @@ pub fn normalise_gaps(store: &SequenceStore, params: &GapParams) -> Vec<f32> {
     store.par_for_each_sequence_mut(&mut out, |s, g| {
         let t = store.times_of(s);
         for k in 1..g.len() {
-            g[k] = params.normalise((t[k] - t[k - 1]) as f64 / MS_PER_SECOND);
+            g[k] = params.normalise(t[k].saturating_sub(t[k - 1]) as f64 / MS_PER_SECOND);
         }
     });
     out
 }
 
-/// Running count, mean and sum of squared deviations (Welford), mergeable
-/// across threads (Chan et al.), so the fit is stable on 100M values.
+/// Sums of values minus a shift (the first value): cheap to accumulate
+/// (no division per value) and, unlike raw sums of squares, free of
+/// cancellation when the spread is small next to the mean.
+#[derive(Debug, Clone, Copy, Default)]
+struct ShiftedSums {
+    n: u64,
+    shift: f64,
+    sum: f64,
+    sum_sq: f64,
+}
+
+impl ShiftedSums {
+    fn push(&mut self, x: f64) {
+        if self.n == 0 {
+            self.shift = x;
+        }
+        let d = x - self.shift;
+        self.n += 1;
+        self.sum += d;
+        self.sum_sq += d * d;
+    }
+
+    fn moments(self) -> Moments {
+        if self.n == 0 {
+            return Moments::default();
+        }
+        let n = self.n as f64;
+        Moments { n: self.n, mean: self.shift + self.sum / n, m2: (self.sum_sq - self.sum * self.sum / n).max(0.0) }
+    }
+}
+
+/// Count, mean and sum of squared deviations, merged across threads with
+/// Chan et al.'s pairwise update.
 #[derive(Debug, Clone, Copy, Default)]
 struct Moments {
     n: u64,
@@ -101,13 +140,6 @@ struct Moments {
 }
 
 impl Moments {
-    fn push(&mut self, x: f64) {
-        self.n += 1;
-        let d = x - self.mean;
-        self.mean += d / self.n as f64;
-        self.m2 += d * (x - self.mean);
-    }
-
     fn merge(a: Moments, b: Moments) -> Moments {
         if a.n == 0 {
             return b;

@@ -8,7 +8,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::store::SequenceStore;
-use crate::table::KIND_ITEM;
+mod support;
+
+use support::{is_item_event, item_support, ItemSupport};
 
 /// Which filters to apply (all off by default). Recipe section `[filter]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -26,7 +28,8 @@ pub struct FilterConfig {
 }
 
 /// Events, sequences and distinct items of a store (items: ids of
-/// [`KIND_ITEM`] events, or of all events when there is no `kinds` column).
+/// [`KIND_ITEM`](crate::table::KIND_ITEM) events, or of all events when
+/// there is no `kinds` column).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StoreCounts {
     /// Number of events.
@@ -82,75 +85,62 @@ pub struct FilterReport {
 /// single-item sequences → (item support, sequence length) repeated until
 /// nothing changes.
 ///
-/// Support counts only [`KIND_ITEM`] events (all events without a `kinds`
-/// column) and drops only those: lectures are never rare. Length counts all
-/// events of a sequence, lectures included. Single-item sequences are not
-/// looked for again after support has run.
+/// Support counts only [`KIND_ITEM`](crate::table::KIND_ITEM) events (all
+/// events without a `kinds` column) and drops only those: lectures are
+/// never rare. Length counts all events of a sequence, lectures included.
+/// Single-item sequences are not looked for again after support has run.
+/// Every filter only clears a keep mask; the store is compacted once, at
+/// the end.
 pub fn apply(store: SequenceStore, cfg: &FilterConfig) -> (SequenceStore, FilterReport) {
-    let mut report = FilterReport { before: StoreCounts::of(&store), ..FilterReport::default() };
-    let mut store = store;
+    // Support is counted once, then kept up to date as events are cleared:
+    // one pass over the events instead of one per round.
+    let support = ItemSupport::new(&store);
+    let mut report = FilterReport {
+        before: StoreCounts { events: store.n_events(), sequences: store.n_seq(), items: support.distinct() },
+        ..FilterReport::default()
+    };
+    let mut keep = vec![true; store.n_events()];
     if cfg.collapse_repeats {
-        let keep = repeat_mask(&store);
-        store = retain_counted(store, &keep, &mut report.collapse_repeats);
+        report.collapse_repeats = mark_repeats(&store, &mut keep, &support);
     }
     if cfg.drop_single_item_seqs {
-        let keep = single_item_mask(&store);
-        store = retain_counted(store, &keep, &mut report.single_item_seqs);
+        report.single_item_seqs = mark_single_item_seqs(&store, &mut keep, &support);
     }
     let support_on = cfg.min_item_support > 1;
     let length_on = cfg.min_seq_len > 1;
     let mut another_round = support_on || length_on;
     while another_round {
         report.iterations += 1;
-        let mut keep = vec![true; store.n_events()];
-        if support_on {
-            let support = item_support(&store);
-            let min = cfg.min_item_support as u64;
-            report.rare_items += support.iter().filter(|&&c| c > 0 && c < min).count();
-            let rare = |i: usize| is_item_event(&store, i) && support[store.items[i] as usize] < min;
-            keep.par_iter_mut().enumerate().for_each(|(i, k)| *k = !rare(i));
-        }
-        let removed = strike_short_sequences(&store, &mut keep, if length_on { cfg.min_seq_len } else { 0 });
+        let rare = if support_on {
+            let min = cfg.min_item_support as u32;
+            let counts = support.snapshot();
+            report.rare_items += counts.par_iter().filter(|&&c| c > 0 && c < min).count();
+            // A table of bools, not the counts: smaller, so lookups stay in cache.
+            counts.par_iter().map(|&c| c < min).collect()
+        } else {
+            Vec::new()
+        };
+        let round = Round {
+            store: &store,
+            support: &support,
+            rare: &rare,
+            min_len: if length_on { cfg.min_seq_len } else { 0 },
+        };
+        let removed = round.run(&mut keep);
         report.item_support.events += removed.support.events;
         report.item_support.sequences += removed.support.sequences;
         report.seq_len.events += removed.length.events;
         report.seq_len.sequences += removed.length.sequences;
-        if removed.support.events + removed.length.events > 0 {
-            store = store.retain(&keep);
-        }
         // Support removes items whole and leaves every other item's count as
         // it was, so a round in which length removes nothing is a fixed point.
         another_round = support_on && length_on && removed.length.events > 0;
     }
-    report.after = StoreCounts::of(&store);
+    let mut store = store;
+    if keep.par_iter().any(|&k| !k) {
+        store.retain_in_place(&keep);
+    }
+    report.after = StoreCounts { events: store.n_events(), sequences: store.n_seq(), items: support.distinct() };
     (store, report)
-}
-
-fn is_item_event(store: &SequenceStore, i: usize) -> bool {
-    store.kinds.as_ref().is_none_or(|k| k[i] == KIND_ITEM)
-}
-
-/// Events per item id (index = id), counting only item events.
-fn item_support(store: &SequenceStore) -> Vec<u64> {
-    let n = store.n_events();
-    let n_ids = store.items.par_iter().copied().max().map_or(0, |m| m as usize + 1);
-    let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 16);
-    (0..n.div_ceil(chunk))
-        .into_par_iter()
-        .map(|c| {
-            let mut h = vec![0u64; n_ids];
-            for i in c * chunk..((c + 1) * chunk).min(n) {
-                if is_item_event(store, i) {
-                    h[store.items[i] as usize] += 1;
-                }
-            }
-            h
-        })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0u64; n_ids])
 }
 
 /// Whether event `i` and event `j` have the same item (and the same kind:
@@ -159,28 +149,72 @@ fn same_item(store: &SequenceStore, i: usize, j: usize) -> bool {
     store.items[i] == store.items[j] && store.kinds.as_ref().is_none_or(|k| k[i] == k[j])
 }
 
-/// Keeps the first event of each run of the same item.
-fn repeat_mask(store: &SequenceStore) -> Vec<bool> {
-    let mut keep = vec![true; store.n_events()];
-    store.par_for_each_sequence_mut(&mut keep, |s, k| {
-        let start = store.offsets[s];
-        for (j, k) in k.iter_mut().enumerate().skip(1) {
-            *k = !same_item(store, start + j, start + j - 1);
-        }
-    });
-    keep
+/// Sums of removals gathered from parallel per-sequence work.
+#[derive(Debug, Default)]
+struct RemovedCounter {
+    events: AtomicUsize,
+    sequences: AtomicUsize,
 }
 
-/// Drops the sequences whose events all have the same item.
-fn single_item_mask(store: &SequenceStore) -> Vec<bool> {
-    let mut keep = vec![true; store.n_events()];
-    store.par_for_each_sequence_mut(&mut keep, |s, k| {
+impl RemovedCounter {
+    fn add(&self, events: usize, sequences: usize) {
+        if events > 0 {
+            self.events.fetch_add(events, Ordering::Relaxed);
+        }
+        if sequences > 0 {
+            self.sequences.fetch_add(sequences, Ordering::Relaxed);
+        }
+    }
+
+    fn into_removed(self) -> Removed {
+        Removed { events: self.events.into_inner(), sequences: self.sequences.into_inner() }
+    }
+}
+
+/// Clears every event that repeats the item of the event before it.
+fn mark_repeats(store: &SequenceStore, keep: &mut [bool], support: &ItemSupport) -> Removed {
+    let removed = RemovedCounter::default();
+    store.par_for_each_sequence_mut(keep, |s, k| {
+        let start = store.offsets[s];
+        let mut n = 0;
+        for (j, k) in k.iter_mut().enumerate().skip(1) {
+            if *k && same_item(store, start + j, start + j - 1) {
+                *k = false;
+                support.clear(store, start + j);
+                n += 1;
+            }
+        }
+        removed.add(n, 0);
+    });
+    removed.into_removed()
+}
+
+/// Clears the sequences whose events all have the same item. Collapsing
+/// keeps every run's first event, so this gives the same answer before or
+/// after collapsing.
+fn mark_single_item_seqs(store: &SequenceStore, keep: &mut [bool], support: &ItemSupport) -> Removed {
+    let removed = RemovedCounter::default();
+    store.par_for_each_sequence_mut(keep, |s, k| {
         let r = store.range(s);
         if r.clone().all(|i| same_item(store, i, r.start)) {
-            k.fill(false);
+            let kept = clear_all(store, support, r.start, k);
+            removed.add(kept, usize::from(kept > 0));
         }
     });
-    keep
+    removed.into_removed()
+}
+
+/// Clears the kept events of `k` (events `start..`); returns how many.
+fn clear_all(store: &SequenceStore, support: &ItemSupport, start: usize, k: &mut [bool]) -> usize {
+    let mut n = 0;
+    for (j, k) in k.iter_mut().enumerate() {
+        if *k {
+            *k = false;
+            support.clear(store, start + j);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Removals of one (support, length) round.
@@ -190,40 +224,49 @@ struct RoundRemovals {
     length: Removed,
 }
 
-/// Given `keep` after the support pass, also strikes the sequences with
-/// fewer than `min_len` kept events, and tells what each pass removed.
-fn strike_short_sequences(store: &SequenceStore, keep: &mut [bool], min_len: usize) -> RoundRemovals {
-    let support_events = AtomicUsize::new(0);
-    let support_seqs = AtomicUsize::new(0);
-    let length_events = AtomicUsize::new(0);
-    let length_seqs = AtomicUsize::new(0);
-    store.par_for_each_sequence_mut(keep, |_, k| {
-        let kept = k.iter().filter(|&&x| x).count();
-        support_events.fetch_add(k.len() - kept, Ordering::Relaxed);
-        if kept == 0 {
-            support_seqs.fetch_add(1, Ordering::Relaxed);
-        } else if kept < min_len {
-            length_events.fetch_add(kept, Ordering::Relaxed);
-            length_seqs.fetch_add(1, Ordering::Relaxed);
-            k.fill(false);
-        }
-    });
-    RoundRemovals {
-        support: Removed { events: support_events.into_inner(), sequences: support_seqs.into_inner() },
-        length: Removed { events: length_events.into_inner(), sequences: length_seqs.into_inner() },
-    }
+/// One (support, length) round.
+#[derive(Debug)]
+struct Round<'a> {
+    store: &'a SequenceStore,
+    support: &'a ItemSupport,
+    /// Per item id: rare at the start of the round (empty: support is off).
+    rare: &'a [bool],
+    /// Sequences with fewer kept events are cleared (0: length is off).
+    min_len: usize,
 }
 
-/// `store.retain(keep)`, adding what it removed to `removed`.
-fn retain_counted(store: SequenceStore, keep: &[bool], removed: &mut Removed) -> SequenceStore {
-    let kept = keep.iter().filter(|&&k| k).count();
-    if kept == keep.len() {
-        return store;
+impl Round<'_> {
+    /// Clears kept item events of rare items, then every sequence left with
+    /// fewer than `min_len` kept events.
+    fn run(&self, keep: &mut [bool]) -> RoundRemovals {
+        let store = self.store;
+        let support = RemovedCounter::default();
+        let length = RemovedCounter::default();
+        store.par_for_each_sequence_mut(keep, |s, k| {
+            let start = store.offsets[s];
+            let before = k.iter().filter(|&&x| x).count();
+            if before == 0 {
+                return;
+            }
+            let mut kept = before;
+            if !self.rare.is_empty() {
+                for (j, k) in k.iter_mut().enumerate() {
+                    let i = start + j;
+                    if *k && is_item_event(store, i) && self.rare[store.items[i] as usize] {
+                        *k = false;
+                        self.support.clear(store, i);
+                        kept -= 1;
+                    }
+                }
+            }
+            support.add(before - kept, usize::from(kept == 0));
+            if kept > 0 && kept < self.min_len {
+                clear_all(store, self.support, start, k);
+                length.add(kept, 1);
+            }
+        });
+        RoundRemovals { support: support.into_removed(), length: length.into_removed() }
     }
-    let out = store.retain(keep);
-    removed.events += store.n_events() - kept;
-    removed.sequences += store.n_seq() - out.n_seq();
-    out
 }
 
 #[cfg(test)]
@@ -231,7 +274,7 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use crate::store::Events;
-    use crate::table::KIND_LECTURE;
+    use crate::table::{KIND_ITEM, KIND_LECTURE};
 
     /// A store with one sequence per slice of items, times 0, 1, 2, ...
     fn store(seqs: &[&[u32]]) -> SequenceStore {
@@ -373,7 +416,7 @@ mod tests {
             let (out, r) = apply(store(&refs), &cfg);
             out.validate().unwrap();
             let support = item_support(&out);
-            assert!(out.items.iter().all(|&i| support[i as usize] >= cfg.min_item_support as u64));
+            assert!(out.items.iter().all(|&i| support[i as usize] >= cfg.min_item_support as u32));
             assert!((0..out.n_seq()).all(|q| out.len_of(q) >= cfg.min_seq_len));
             assert_eq!(r.after, StoreCounts::of(&out));
             let removed =

@@ -17,8 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::store::SequenceStore;
+use crate::store::{compact_in_place, kept_per_chunk, SequenceStore};
 use crate::{Error, Result};
+
+mod unseen;
+
+use unseen::{strike_single_event_sessions, TrainItems};
 
 /// Which part of the split an event belongs to (stored as `u8`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -98,6 +102,10 @@ pub struct PartCounts {
 }
 
 impl PartCounts {
+    fn sum(a: PartCounts, b: PartCounts) -> PartCounts {
+        PartCounts { train: a.train + b.train, valid: a.valid + b.valid, test: a.test + b.test }
+    }
+
     fn add(&mut self, part: Part, k: usize) {
         match part {
             Part::Train => self.train += k,
@@ -150,24 +158,22 @@ pub fn apply(store: SequenceStore, cfg: &SplitConfig) -> Result<(SequenceStore, 
     let seen = TrainItems::of(&store, &parts);
     let mut keep: Vec<bool> =
         (0..store.n_events()).into_par_iter().map(|i| parts[i] == Part::Train || seen.contains(&store, i)).collect();
-    report.removed_unseen_valid = count_removed(&keep, &parts, Part::Valid);
-    report.removed_unseen_test = count_removed(&keep, &parts, Part::Test);
-    report.removed_unseen = report.removed_unseen_valid + report.removed_unseen_test;
+    let unseen = count_parts(&parts, Some(&keep), false);
+    report.removed_unseen_valid = unseen.valid;
+    report.removed_unseen_test = unseen.test;
+    report.removed_unseen = unseen.valid + unseen.test;
     if matches!(cfg, SplitConfig::LastDays { .. }) {
         report.removed_short_sessions = strike_single_event_sessions(&store, &parts, &mut keep);
     }
 
-    let (store, parts) = if keep.iter().all(|&k| k) {
-        (store, parts)
-    } else {
-        let kept_parts: Vec<Part> = parts.par_iter().zip(&keep).filter_map(|(&p, &k)| k.then_some(p)).collect();
-        let kept = store.retain(&keep);
-        report.removed_sequences = store.n_seq() - kept.n_seq();
-        (kept, kept_parts)
-    };
-    for &p in &parts {
-        report.events.add(p, 1);
+    let (mut store, mut parts) = (store, parts);
+    if keep.par_iter().any(|&k| !k) {
+        let n_seq = store.n_seq();
+        store.retain_in_place(&keep);
+        compact_in_place(&mut parts, &keep, &kept_per_chunk(&keep));
+        report.removed_sequences = n_seq - store.n_seq();
     }
+    report.events = count_parts(&parts, None, true);
     report.sequences = sequences_per_part(&store, &parts);
     Ok((store, parts, report))
 }
@@ -222,7 +228,7 @@ fn assign_parts(store: &SequenceStore, cfg: &SplitConfig) -> (Vec<Part>, usize) 
         SplitConfig::None => {}
         SplitConfig::LeaveLastOut { n, valid } => {
             store.par_for_each_sequence_mut(&mut parts, |_, p| {
-                if p.len() <= n + valid {
+                if p.len() <= n.saturating_add(valid) {
                     short.fetch_add(1, Ordering::Relaxed);
                 } else {
                     mark_tail(p, n, valid);
@@ -273,65 +279,23 @@ fn mark_tail(p: &mut [Part], n_test: usize, n_valid: usize) {
     p[test_from..].fill(Part::Test);
 }
 
-/// Which (kind, item) pairs occur among training events.
-#[derive(Debug)]
-struct TrainItems {
-    n_ids: usize,
-    seen: Vec<bool>,
-}
-
-impl TrainItems {
-    fn of(store: &SequenceStore, parts: &[Part]) -> Self {
-        let n_ids = store.items.par_iter().copied().max().map_or(0, |m| m as usize + 1);
-        let n_kinds = store.kinds.as_ref().and_then(|k| k.par_iter().copied().max()).map_or(1, |m| m as usize + 1);
-        let n = store.n_events();
-        let chunk = n.div_ceil(rayon::current_num_threads().max(1)).max(1 << 16);
-        let empty = || vec![false; n_ids * n_kinds];
-        let seen = (0..n.div_ceil(chunk))
-            .into_par_iter()
-            .map(|c| {
-                let mut seen = empty();
-                for i in c * chunk..((c + 1) * chunk).min(n) {
-                    if parts[i] == Part::Train {
-                        seen[key(store, n_ids, i)] = true;
-                    }
+/// Events per part, counting only those whose `keep` flag equals `kept`
+/// (all events without `keep`).
+fn count_parts(parts: &[Part], keep: Option<&[bool]>, kept: bool) -> PartCounts {
+    let chunk = 1 << 16;
+    parts
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(c, ps)| {
+            let mut counts = PartCounts::default();
+            for (j, &p) in ps.iter().enumerate() {
+                if keep.is_none_or(|k| k[c * chunk + j] == kept) {
+                    counts.add(p, 1);
                 }
-                seen
-            })
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, &y)| *x |= y);
-                a
-            })
-            .unwrap_or_else(empty);
-        TrainItems { n_ids, seen }
-    }
-
-    fn contains(&self, store: &SequenceStore, i: usize) -> bool {
-        self.seen[key(store, self.n_ids, i)]
-    }
-}
-
-/// Index of event `i`'s (kind, item) pair in a table of `n_ids` items per kind.
-fn key(store: &SequenceStore, n_ids: usize, i: usize) -> usize {
-    let kind = store.kinds.as_ref().map_or(0, |k| k[i] as usize);
-    kind * n_ids + store.items[i] as usize
-}
-
-fn count_removed(keep: &[bool], parts: &[Part], part: Part) -> usize {
-    keep.par_iter().zip(parts).filter(|&(&k, &p)| !k && p == part).count()
-}
-
-/// Strikes validation and test sessions with exactly one kept event; returns
-/// how many.
-fn strike_single_event_sessions(store: &SequenceStore, parts: &[Part], keep: &mut [bool]) -> usize {
-    let struck = AtomicUsize::new(0);
-    store.par_for_each_sequence_mut(keep, |s, k| {
-        if parts[store.offsets[s]] != Part::Train && k.iter().filter(|&&x| x).count() == 1 {
-            k.fill(false);
-            struck.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    struck.into_inner()
+            }
+            counts
+        })
+        .reduce(PartCounts::default, PartCounts::sum)
 }
 
 fn sequences_per_part(store: &SequenceStore, parts: &[Part]) -> PartCounts {
@@ -346,11 +310,7 @@ fn sequences_per_part(store: &SequenceStore, parts: &[Part]) -> PartCounts {
             }
             c
         })
-        .reduce(PartCounts::default, |a, b| PartCounts {
-            train: a.train + b.train,
-            valid: a.valid + b.valid,
-            test: a.test + b.test,
-        })
+        .reduce(PartCounts::default, PartCounts::sum)
 }
 
 #[cfg(test)]

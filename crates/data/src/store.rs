@@ -7,6 +7,8 @@ use rayon::prelude::*;
 
 use crate::{Error, Result};
 
+mod group;
+
 /// Sequences in CSR layout: `offsets[s]..offsets[s + 1]` index the events of
 /// sequence `s` in every aligned column.
 ///
@@ -147,51 +149,23 @@ pub struct Events {
 /// Below this many events one thread groups faster than several.
 const PARALLEL_MIN_EVENTS: usize = 1 << 16;
 
-/// Most key ranges the scatter uses: every range scans the whole `seq`
-/// column, so more ranges than this cost more reads than they save.
-const MAX_SCATTER_PARTS: usize = 8;
-
 impl SequenceStore {
     /// Groups events by sequence id (counting sort on `seq`, parallel with
     /// rayon, stable on input order), then sorts each sequence by time
     /// (stable). Sequences appear in ascending seq id; ids with no events are
     /// absent.
     ///
-    /// Memory beyond the output columns is one `u32` permutation plus a
-    /// `u32` counter per sequence id, so ids should be dense (vocabulary ids):
-    /// the largest id, not the number of sequences, sizes the counters.
-    /// Each input column is freed as soon as it has been gathered.
+    /// Two cache-friendly passes (see the `group` module). Each input
+    /// column's buffer becomes the output column, so memory beyond the input
+    /// is one `u32` permutation and two bucket-order buffers (32- and 64-bit)
+    /// that all columns share: 16 bytes per event.
     ///
     /// # Errors
     /// [`Error::Invalid`] when a column's length differs from `seq`'s, when a
     /// sequence or item id is 0 (the padding id), or when there are more than
     /// `u32::MAX` events.
     pub fn from_events(events: Events) -> Result<SequenceStore> {
-        check_event_columns(&events)?;
-        let n = events.seq.len();
-        let n_parts =
-            if n < PARALLEL_MIN_EVENTS { 1 } else { rayon::current_num_threads().clamp(1, MAX_SCATTER_PARTS) };
-        let Grouping { offsets, seq_ids, mut perm } = group_permutation(&events.seq, n_parts)?;
-        drop(events.seq);
-
-        let times_in = events.times;
-        let mut times = gather(&times_in, &perm);
-        sort_sequences_by_time(&offsets, &mut perm, &mut times, &times_in);
-        drop(times_in);
-
-        Ok(SequenceStore {
-            items: gather(&events.items, &perm),
-            ratings: events.ratings.map(|c| gather(&c, &perm)),
-            labels: events.labels.map(|c| gather(&c, &perm)),
-            kinds: events.kinds.map(|c| gather(&c, &perm)),
-            groups: events.groups.map(|c| gather(&c, &perm)),
-            elapsed: events.elapsed.map(|c| gather(&c, &perm)),
-            explained: events.explained.map(|c| gather(&c, &perm)),
-            gaps: None,
-            offsets,
-            seq_ids,
-            times,
-        })
+        group::group_events(events)
     }
 
     /// Keeps the events where `keep[i]` is true (sequences left empty
@@ -201,6 +175,51 @@ impl SequenceStore {
     /// # Panics
     /// If `keep.len() != self.n_events()` (a caller bug, not bad input).
     pub fn retain(&self, keep: &[bool]) -> SequenceStore {
+        let (offsets, seq_ids) = self.kept_shape(keep);
+        let kept = kept_per_chunk(keep);
+        SequenceStore {
+            offsets,
+            seq_ids,
+            items: compact(&self.items, keep, &kept),
+            times: compact(&self.times, keep, &kept),
+            ratings: self.ratings.as_ref().map(|c| compact(c, keep, &kept)),
+            labels: self.labels.as_ref().map(|c| compact(c, keep, &kept)),
+            kinds: self.kinds.as_ref().map(|c| compact(c, keep, &kept)),
+            groups: self.groups.as_ref().map(|c| compact(c, keep, &kept)),
+            elapsed: self.elapsed.as_ref().map(|c| compact(c, keep, &kept)),
+            explained: self.explained.as_ref().map(|c| compact(c, keep, &kept)),
+            gaps: self.gaps.as_ref().map(|c| compact(c, keep, &kept)),
+        }
+    }
+
+    /// [`retain`](Self::retain) in place: no second copy of the columns,
+    /// for stores that are consumed anyway (filters, splits).
+    ///
+    /// # Panics
+    /// If `keep.len() != self.n_events()` (a caller bug, not bad input).
+    pub fn retain_in_place(&mut self, keep: &[bool]) {
+        let (offsets, seq_ids) = self.kept_shape(keep);
+        self.offsets = offsets;
+        self.seq_ids = seq_ids;
+        let kept = kept_per_chunk(keep);
+        compact_in_place(&mut self.items, keep, &kept);
+        compact_in_place(&mut self.times, keep, &kept);
+        for c in [&mut self.ratings, &mut self.elapsed, &mut self.gaps].into_iter().flatten() {
+            compact_in_place(c, keep, &kept);
+        }
+        for c in [&mut self.labels, &mut self.explained].into_iter().flatten() {
+            compact_in_place(c, keep, &kept);
+        }
+        if let Some(c) = &mut self.kinds {
+            compact_in_place(c, keep, &kept);
+        }
+        if let Some(c) = &mut self.groups {
+            compact_in_place(c, keep, &kept);
+        }
+    }
+
+    /// Offsets and sequence ids after keeping the events where `keep` is true.
+    fn kept_shape(&self, keep: &[bool]) -> (Vec<usize>, Vec<u32>) {
         assert_eq!(
             keep.len(),
             self.n_events(),
@@ -221,19 +240,7 @@ impl SequenceStore {
                 seq_ids.push(self.seq_ids[s]);
             }
         }
-        SequenceStore {
-            offsets,
-            seq_ids,
-            items: compact(&self.items, keep),
-            times: compact(&self.times, keep),
-            ratings: self.ratings.as_ref().map(|c| compact(c, keep)),
-            labels: self.labels.as_ref().map(|c| compact(c, keep)),
-            kinds: self.kinds.as_ref().map(|c| compact(c, keep)),
-            groups: self.groups.as_ref().map(|c| compact(c, keep)),
-            elapsed: self.elapsed.as_ref().map(|c| compact(c, keep)),
-            explained: self.explained.as_ref().map(|c| compact(c, keep)),
-            gaps: self.gaps.as_ref().map(|c| compact(c, keep)),
-        }
+        (offsets, seq_ids)
     }
 }
 
@@ -276,158 +283,6 @@ impl SequenceStore {
     }
 }
 
-fn check_event_columns(e: &Events) -> Result<()> {
-    let n = e.seq.len();
-    let lens = [
-        ("items", Some(e.items.len())),
-        ("times", Some(e.times.len())),
-        ("ratings", e.ratings.as_ref().map(Vec::len)),
-        ("labels", e.labels.as_ref().map(Vec::len)),
-        ("kinds", e.kinds.as_ref().map(Vec::len)),
-        ("groups", e.groups.as_ref().map(Vec::len)),
-        ("elapsed", e.elapsed.as_ref().map(Vec::len)),
-        ("explained", e.explained.as_ref().map(Vec::len)),
-    ];
-    for (name, len) in lens {
-        if let Some(len) = len {
-            if len != n {
-                return Err(Error::Invalid(format!(
-                    "events: column {name} has {len} entries, expected {n} (one per seq entry)"
-                )));
-            }
-        }
-    }
-    if u32::try_from(n).is_err() {
-        return Err(Error::Invalid(format!("events: {n} events, at most {} can be grouped", u32::MAX)));
-    }
-    if let Some(i) = e.items.par_iter().position_first(|&x| x == 0) {
-        return Err(Error::Invalid(format!(
-            "events: event {i} has item id 0, expected ids from 1 (0 is the padding id)"
-        )));
-    }
-    Ok(())
-}
-
-/// The CSR shape of the grouped store and the permutation that produces it:
-/// `perm[j]` is the input index of output event `j`.
-#[derive(Debug)]
-struct Grouping {
-    offsets: Vec<usize>,
-    seq_ids: Vec<u32>,
-    perm: Vec<u32>,
-}
-
-/// Counting sort of event indices by `seq`, stable on input order.
-///
-/// Pass 1 counts events per id (one histogram per chunk, summed). Pass 2
-/// scatters: the id range is cut into `n_parts` key ranges of about equal
-/// event counts; each range owns a contiguous slice of the output, and its
-/// thread scans all of `seq` in order, placing only its own ids. That keeps
-/// the scatter parallel, stable and free of shared writes.
-fn group_permutation(seq: &[u32], n_parts: usize) -> Result<Grouping> {
-    let n = seq.len();
-    let max_id = seq.par_iter().copied().max().unwrap_or(0) as usize;
-    let mut counts = id_histogram(seq, max_id + 1, n_parts);
-    if counts[0] > 0 {
-        let i = seq.iter().position(|&s| s == 0).unwrap_or(0);
-        return Err(Error::Invalid(format!(
-            "events: event {i} has sequence id 0, expected ids from 1 (0 is the padding id)"
-        )));
-    }
-
-    let n_seq = counts.iter().filter(|&&c| c > 0).count();
-    let mut offsets = Vec::with_capacity(n_seq + 1);
-    let mut seq_ids = Vec::with_capacity(n_seq);
-    offsets.push(0);
-    // `counts` becomes the exclusive prefix sum: the first output slot of each id.
-    let mut start = 0u32;
-    for (id, c) in counts.iter_mut().enumerate() {
-        let count = *c;
-        *c = start;
-        if count > 0 {
-            start += count;
-            offsets.push(start as usize);
-            seq_ids.push(id as u32);
-        }
-    }
-    let mut starts = counts;
-
-    let mut perm = vec![0u32; n];
-    // Key-range boundaries: range p covers ids bounds[p]..bounds[p + 1].
-    let mut bounds = vec![0usize];
-    for p in 1..n_parts {
-        let target = (n as u64 * p as u64 / n_parts as u64) as u32;
-        let b = starts.partition_point(|&st| st < target).max(*bounds.last().unwrap_or(&0));
-        bounds.push(b);
-    }
-    bounds.push(starts.len());
-
-    let mut jobs = Vec::with_capacity(n_parts);
-    let (mut cursors_rest, mut out_rest) = (&mut starts[..], &mut perm[..]);
-    let mut consumed_events = 0u32;
-    for p in 0..n_parts {
-        let (lo, hi) = (bounds[p], bounds[p + 1]);
-        let (cursors, rest) = cursors_rest.split_at_mut(hi - lo);
-        cursors_rest = rest;
-        // The first slot of the next range's first id ends this range's output.
-        let part_end = cursors_rest.first().copied().unwrap_or(n as u32);
-        let (out, rest) = out_rest.split_at_mut((part_end - consumed_events) as usize);
-        out_rest = rest;
-        jobs.push((lo, cursors, out, consumed_events));
-        consumed_events = part_end;
-    }
-    jobs.into_par_iter().for_each(|(lo, cursors, out, base)| {
-        let width = cursors.len();
-        for (i, &s) in seq.iter().enumerate() {
-            let k = (s as usize).wrapping_sub(lo);
-            if k < width {
-                let c = &mut cursors[k];
-                out[(*c - base) as usize] = i as u32;
-                *c += 1;
-            }
-        }
-    });
-    Ok(Grouping { offsets, seq_ids, perm })
-}
-
-/// Events per id in `0..n_ids`, counted in `n_chunks` chunks in parallel.
-fn id_histogram(ids: &[u32], n_ids: usize, n_chunks: usize) -> Vec<u32> {
-    let chunk = ids.len().div_ceil(n_chunks.max(1)).max(1);
-    ids.par_chunks(chunk)
-        .map(|c| {
-            let mut h = vec![0u32; n_ids];
-            for &s in c {
-                h[s as usize] += 1;
-            }
-            h
-        })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0u32; n_ids])
-}
-
-/// Sorts, by time and stably, the sequences whose times are out of order:
-/// most inputs are already sorted, so only those are touched.
-fn sort_sequences_by_time(offsets: &[usize], perm: &mut [u32], times: &mut [i64], times_in: &[i64]) {
-    let unsorted: Vec<usize> = (0..offsets.len().saturating_sub(1))
-        .into_par_iter()
-        .filter(|&s| times[offsets[s]..offsets[s + 1]].windows(2).any(|w| w[0] > w[1]))
-        .collect();
-    if unsorted.is_empty() {
-        return;
-    }
-    let ranges: Vec<Range<usize>> = unsorted.iter().map(|&s| offsets[s]..offsets[s + 1]).collect();
-    let perm_slices = disjoint_slices(perm, &ranges);
-    let time_slices = disjoint_slices(times, &ranges);
-    perm_slices.into_par_iter().zip(time_slices).for_each(|(p, t)| {
-        // The input index breaks ties, which keeps equal times in input order.
-        p.sort_unstable_by_key(|&i| (times_in[i as usize], i));
-        t.iter_mut().zip(p.iter()).for_each(|(t, &i)| *t = times_in[i as usize]);
-    });
-}
-
 /// Mutable slices of `xs` at ascending, non-overlapping `ranges`.
 fn disjoint_slices<'a, T>(mut xs: &'a mut [T], ranges: &[Range<usize>]) -> Vec<&'a mut [T]> {
     let mut out = Vec::with_capacity(ranges.len());
@@ -442,17 +297,55 @@ fn disjoint_slices<'a, T>(mut xs: &'a mut [T], ranges: &[Range<usize>]) -> Vec<&
     out
 }
 
-/// `col[perm[j]]` for every `j`, in parallel.
-fn gather<T: Copy + Send + Sync>(col: &[T], perm: &[u32]) -> Vec<T> {
-    perm.par_iter().map(|&i| col[i as usize]).collect()
+/// Events per chunk when compacting columns.
+const COMPACT_CHUNK: usize = 1 << 16;
+
+/// How many events `keep` keeps in each chunk of [`COMPACT_CHUNK`].
+pub(crate) fn kept_per_chunk(keep: &[bool]) -> Vec<usize> {
+    keep.par_chunks(COMPACT_CHUNK).map(|k| k.iter().filter(|&&x| x).count()).collect()
 }
 
-/// The entries of `col` where `keep` is true, in order, in parallel.
-fn compact<T: Copy + Send + Sync>(col: &[T], keep: &[bool]) -> Vec<T> {
-    col.par_chunks(PARALLEL_MIN_EVENTS)
-        .zip(keep.par_chunks(PARALLEL_MIN_EVENTS))
-        .flat_map_iter(|(c, k)| c.iter().zip(k).filter(|(_, &k)| k).map(|(&v, _)| v))
-        .collect()
+/// The entries of `col` where `keep` is true, in order, in parallel: each
+/// chunk knows from `kept` (of [`kept_per_chunk`]) where its output starts.
+fn compact<T: Copy + Default + Send + Sync>(col: &[T], keep: &[bool], kept: &[usize]) -> Vec<T> {
+    let mut out = vec![T::default(); kept.iter().sum()];
+    let mut slices = Vec::with_capacity(kept.len());
+    let mut rest = &mut out[..];
+    for &k in kept {
+        let (slice, tail) = rest.split_at_mut(k);
+        slices.push(slice);
+        rest = tail;
+    }
+    slices.into_par_iter().zip(col.par_chunks(COMPACT_CHUNK)).zip(keep.par_chunks(COMPACT_CHUNK)).for_each(
+        |((out, col), keep)| {
+            let kept_values = col.iter().zip(keep).filter(|(_, &k)| k).map(|(&v, _)| v);
+            out.iter_mut().zip(kept_values).for_each(|(o, v)| *o = v);
+        },
+    );
+    out
+}
+
+/// Keeps the entries of `col` where `keep` is true, in order, in place:
+/// every chunk compacts itself in parallel, then the chunks' kept prefixes
+/// slide down in one sequential sweep of `copy_within` (a `memmove`).
+pub(crate) fn compact_in_place<T: Copy + Send + Sync>(col: &mut Vec<T>, keep: &[bool], kept: &[usize]) {
+    col.par_chunks_mut(COMPACT_CHUNK).zip(keep.par_chunks(COMPACT_CHUNK)).for_each(|(c, k)| {
+        let mut w = 0;
+        for r in 0..c.len() {
+            if k[r] {
+                c[w] = c[r];
+                w += 1;
+            }
+        }
+    });
+    let mut end = 0;
+    for (c, &k) in kept.iter().enumerate() {
+        let start = c * COMPACT_CHUNK;
+        col.copy_within(start..start + k, end);
+        end += k;
+    }
+    col.truncate(end);
+    col.shrink_to_fit();
 }
 
 #[cfg(test)]
@@ -559,26 +452,6 @@ mod tests {
     }
 
     #[test]
-    fn key_range_scatter_matches_a_single_range() {
-        for seed in 0..40 {
-            let mut rng = Rng::new(seed);
-            let n = rng.below(300) as usize;
-            let n_ids = 1 + rng.below(30);
-            let seq: Vec<u32> = (0..n).map(|_| 1 + rng.below(n_ids) as u32).collect();
-            let one = group_permutation(&seq, 1).unwrap();
-            // A stable counting sort equals a stable sort of the indices by id.
-            let mut expect: Vec<u32> = (0..n as u32).collect();
-            expect.sort_by_key(|&i| seq[i as usize]);
-            assert_eq!(one.perm, expect);
-            for parts in [2, 3, 5, 8] {
-                let many = group_permutation(&seq, parts).unwrap();
-                assert_eq!(many.perm, one.perm, "seed {seed}, {parts} parts");
-                assert_eq!((&many.offsets, &many.seq_ids), (&one.offsets, &one.seq_ids));
-            }
-        }
-    }
-
-    #[test]
     fn retain_drops_events_and_emptied_sequences() {
         let mut e = events(&[1, 1, 2, 2, 3], &[1, 2, 3, 4, 5], &[0, 1, 0, 1, 0]);
         e.labels = Some(vec![1, 0, 1, 0, 1]);
@@ -595,6 +468,24 @@ mod tests {
         assert_eq!(none.offsets, vec![0]);
         none.validate().unwrap();
         assert_eq!(s.retain(&[true; 5]), s);
+    }
+
+    #[test]
+    fn retain_in_place_equals_retain() {
+        for seed in 0..20 {
+            let mut rng = Rng::new(seed);
+            let n = [0, 30, 200_000][seed as usize % 3];
+            let n_ids = 1 + rng.below(2000);
+            let mut e = random_events(&mut rng, n, n_ids, seed % 2 == 0);
+            e.labels = Some((0..n).map(|i| (i % 3) as i8).collect());
+            let s = SequenceStore::from_events(e).unwrap();
+            let p = rng.uniform();
+            let keep: Vec<bool> = (0..s.n_events()).map(|_| rng.bernoulli(p)).collect();
+            let mut t = s.clone();
+            t.retain_in_place(&keep);
+            assert_eq!(t, s.retain(&keep));
+            t.validate().unwrap();
+        }
     }
 
     #[test]
