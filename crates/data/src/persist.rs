@@ -19,6 +19,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -153,10 +154,15 @@ fn events_batch(store: &SequenceStore, parts: &[Part], seq: &[u32], r: std::ops:
 /// # Errors
 /// I/O and parquet errors naming `path`.
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP))
-        .build();
+        .set_max_row_group_row_count(Some(ROW_GROUP));
+    // Dictionaries pay off on ids and flags; on times, gaps and durations
+    // they only cost a hash per value before falling back to plain.
+    for name in [event_col::TIME, event_col::GAP, event_col::ELAPSED, event_col::GROUP] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
+    }
+    let props = props.build();
     crate::io::write_atomic(path, |f| {
         let mut w = ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(|e| Error::parquet(path, e))?;
         w.write(batch).map_err(|e| Error::parquet(path, e))?;
