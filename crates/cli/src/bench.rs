@@ -108,8 +108,11 @@ fn ingest(a: IngestArgs) -> Result<()> {
 pub fn write_json(dir: &Path, name: &str, value: &Value) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
+    let text = serde_json::to_string_pretty(value)? + "\n";
+    seqrec_data::io::write_atomic(&path, |f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(&path, e))
+    })?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -168,8 +168,19 @@ fn prepare(recipe: PathBuf, out: Option<PathBuf>, dir: Option<PathBuf>, json: bo
     });
     if json {
         println!("{summary}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let c = &meta.counts;
+    println!("prepared {} into {} in {seconds:.2} s", meta.name, out.display());
+    println!("  read      {} interactions", meta.rows_read);
+    println!("  kept      {} events, {} sequences, {} items", c.events, c.sequences, c.items);
+    println!(
+        "  split     {}: train {} / valid {} / test {} events",
+        summary["split"]["kind"], c.parts[0], c.parts[1], c.parts[2]
+    );
+    println!("  removed   {} valid/test events whose item is unseen in training", summary["split"]["removed_unseen"]);
+    if let Some(g) = &meta.gaps {
+        println!("  gaps      log1p(seconds) mean {:.4}, std {:.4} over {} training events", g.mean, g.std, g.n);
     }
     Ok(())
 }

@@ -154,9 +154,8 @@ fn events_batch(store: &SequenceStore, parts: &[Part], seq: &[u32], r: std::ops:
 /// # Errors
 /// I/O and parquet errors naming `path`.
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(ROW_GROUP));
+    let mut props =
+        WriterProperties::builder().set_compression(Compression::SNAPPY).set_max_row_group_row_count(Some(ROW_GROUP));
     // Dictionaries pay off on ids and flags; on times, gaps and durations
     // they only cost a hash per value before falling back to plain.
     for name in [event_col::TIME, event_col::GAP, event_col::ELAPSED, event_col::GROUP] {
