@@ -212,8 +212,9 @@ impl KtData {
         for w in self.learner_offsets.windows(2) {
             let n = w[1] - w[0];
             let n_test = ((n as f64 * self.config.test_fraction).round() as usize).min(n);
-            for i in w[1] - n_test..w[1] {
-                mask[i] = self.rows.content_type_id[i] == 0;
+            let tail = w[1] - n_test..w[1];
+            for (m, &kind) in mask[tail.clone()].iter_mut().zip(&self.rows.content_type_id[tail]) {
+                *m = kind == 0;
             }
         }
         mask
