@@ -18,6 +18,7 @@
 //! [`Targets`] over the split's per-event [`Part`]s.
 
 mod chunks;
+mod epoch;
 mod lanes;
 mod pairs;
 mod session_parallel;
@@ -180,6 +181,30 @@ pub(crate) fn check_u32_events(store: &SequenceStore, what: &str) -> Result<()> 
         return Err(Error::Invalid(format!("{what}: {} events, at most {} supported", store.n_events(), u32::MAX)));
     }
     Ok(())
+}
+
+/// The store checks of the batchers that list target events as `u32` rows:
+/// consistent offsets, at most `u32::MAX` events, a part mask covering them.
+pub(crate) fn check_row_store(store: &SequenceStore, targets: &Targets<'_>, what: &str) -> Result<()> {
+    check_store(store, what)?;
+    check_u32_events(store, what)?;
+    targets.check(store)
+}
+
+/// Fills `out` with one left-padded row of width `len` per window: the
+/// `lengths[r]` events of `column` just before `ends[r]`.
+pub(crate) fn gather_before<T: Copy>(
+    column: &[T],
+    ends: &[usize],
+    lengths: &[usize],
+    len: usize,
+    pad: T,
+    out: &mut Vec<T>,
+) {
+    out.clear();
+    for (&end, &l) in ends.iter().zip(lengths) {
+        gather_row(column, end - l, l, len, pad, true, out);
+    }
 }
 
 /// Copies `column[e]` for the events `first..first + valid` into one row of

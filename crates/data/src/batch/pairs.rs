@@ -15,8 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_positive, check_store, check_u32_events, seq_of, Targets};
-use crate::rng::Rng;
+use super::epoch::EpochOrder;
+use super::{check_positive, check_row_store, seq_of, Targets};
 use crate::{Error, Result, SequenceStore};
 
 /// Settings of [`Pairs`].
@@ -109,10 +109,8 @@ pub struct Pairs<'a> {
     store: &'a SequenceStore,
     config: PairsConfig,
     n_items: u64,
-    /// Positive event indices in epoch order.
-    order: Vec<u32>,
-    next: usize,
-    rng: Rng,
+    /// Positive event indices in epoch order; its generator also draws the negatives.
+    order: EpochOrder,
     seen: Option<SeenItems>,
     batch: PairBatch,
 }
@@ -135,27 +133,21 @@ impl<'a> Pairs<'a> {
                 config.n_neg
             )));
         }
-        check_store(store, what)?;
-        check_u32_events(store, what)?;
-        targets.check(store)?;
+        check_row_store(store, &targets, what)?;
         let answered = |e: usize| match (&store.ratings, &store.labels) {
             (None, Some(labels)) => labels[e] >= 0,
             _ => true,
         };
         let order = (0..store.n_events()).filter(|&e| targets.selects(e) && answered(e)).map(|e| e as u32).collect();
         let seen = (config.exclude_seen && config.n_neg > 0).then(|| SeenItems::new(store));
-        let mut pairs = Pairs {
+        Ok(Pairs {
             store,
             config: config.clone(),
             n_items: n_items as u64,
-            order,
-            next: 0,
-            rng: Rng::new(config.seed),
+            order: EpochOrder::new(order, config.batch_size, config.shuffle, config.seed),
             seen,
             batch: PairBatch::default(),
-        };
-        pairs.rewind();
-        Ok(pairs)
+        })
     }
 
     /// Number of positives per epoch.
@@ -165,26 +157,20 @@ impl<'a> Pairs<'a> {
 
     /// Number of batches per epoch, the partial last one included.
     pub fn n_batches(&self) -> usize {
-        self.order.len().div_ceil(self.config.batch_size)
+        self.order.n_batches()
     }
 
     /// Starts a new epoch (with a new shuffle when shuffling).
     pub fn rewind(&mut self) {
-        self.next = 0;
-        if self.config.shuffle {
-            self.rng.shuffle(&mut self.order);
-        }
+        self.order.rewind();
     }
 
     /// The next batch, or `None` at the end of the epoch.
     pub fn next_batch(&mut self) -> Option<&PairBatch> {
-        let Pairs { store, config, n_items, order, next, rng, seen, batch } = self;
-        let end = order.len().min(*next + config.batch_size);
-        if *next >= end {
-            return None;
-        }
+        let Pairs { store, config, n_items, order, seen, batch } = self;
+        let (rows, rng) = order.next_rows_with_rng()?;
         batch.clear();
-        for &e in &order[*next..end] {
+        for &e in rows {
             let e = e as usize;
             let s = seq_of(&store.offsets, e);
             let user = store.seq_ids[s];
@@ -212,7 +198,6 @@ impl<'a> Pairs<'a> {
                 batch.targets.push(0.0);
             }
         }
-        *next = end;
         Some(&self.batch)
     }
 }
@@ -221,6 +206,7 @@ impl<'a> Pairs<'a> {
 mod tests {
     use super::super::test_stores::{random_parts, random_store, store_of};
     use super::*;
+    use crate::rng::Rng;
     use crate::split::Part;
 
     fn config(batch_size: usize, n_neg: usize) -> PairsConfig {

@@ -16,8 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_positive, check_store, check_u32_events, gather_row, seq_of, Targets};
-use crate::rng::Rng;
+use super::epoch::EpochOrder;
+use super::{check_positive, check_row_store, gather_before, gather_row, seq_of, Targets};
 use crate::{Result, SequenceStore};
 
 /// Settings of [`ShiftedWindows`].
@@ -68,10 +68,7 @@ impl ShiftedBatch {
     /// Fills `out` with any store column over the input positions
     /// (`rows × len`, `pad` at padding), e.g. gaps.
     pub fn gather_inputs<T: Copy>(&self, column: &[T], pad: T, out: &mut Vec<T>) {
-        out.clear();
-        for (&j, &l) in self.last_event.iter().zip(&self.lengths) {
-            gather_row(column, j - l, l, self.len, pad, true, out);
-        }
+        gather_before(column, &self.last_event, &self.lengths, self.len, pad, out);
     }
 
     fn clear(&mut self) {
@@ -90,9 +87,7 @@ pub struct ShiftedWindows<'a> {
     targets: Targets<'a>,
     config: ShiftedConfig,
     /// Last target event of each window, in epoch order.
-    order: Vec<u32>,
-    next: usize,
-    rng: Rng,
+    order: EpochOrder,
     batch: ShiftedBatch,
 }
 
@@ -108,9 +103,7 @@ impl<'a> ShiftedWindows<'a> {
         let what = "shifted windows";
         check_positive(config.len, "window length")?;
         check_positive(config.batch_size, "window batch size")?;
-        check_store(store, what)?;
-        check_u32_events(store, what)?;
-        targets.check(store)?;
+        check_row_store(store, &targets, what)?;
         let mut order = Vec::new();
         for s in 0..store.n_seq() {
             let r = store.range(s);
@@ -123,17 +116,13 @@ impl<'a> ShiftedWindows<'a> {
             }
             order[first..].reverse();
         }
-        let mut windows = ShiftedWindows {
+        Ok(ShiftedWindows {
             store,
             targets,
             config: config.clone(),
-            order,
-            next: 0,
-            rng: Rng::new(config.seed),
+            order: EpochOrder::new(order, config.batch_size, config.shuffle, config.seed),
             batch: ShiftedBatch { len: config.len, ..Default::default() },
-        };
-        windows.rewind();
-        Ok(windows)
+        })
     }
 
     /// Number of windows (rows) per epoch.
@@ -143,27 +132,21 @@ impl<'a> ShiftedWindows<'a> {
 
     /// Number of batches per epoch, the partial last one included.
     pub fn n_batches(&self) -> usize {
-        self.order.len().div_ceil(self.config.batch_size)
+        self.order.n_batches()
     }
 
     /// Starts a new epoch (with a new shuffle when shuffling).
     pub fn rewind(&mut self) {
-        self.next = 0;
-        if self.config.shuffle {
-            self.rng.shuffle(&mut self.order);
-        }
+        self.order.rewind();
     }
 
     /// The next batch, or `None` at the end of the epoch.
     pub fn next_batch(&mut self) -> Option<&ShiftedBatch> {
-        let ShiftedWindows { store, targets, config, order, next, batch, .. } = self;
-        let end = order.len().min(*next + config.batch_size);
-        if *next >= end {
-            return None;
-        }
+        let ShiftedWindows { store, targets, config, order, batch } = self;
+        let rows = order.next_rows()?;
         batch.clear();
         let len = config.len;
-        for &j in &order[*next..end] {
+        for &j in rows {
             let j = j as usize;
             let s = seq_of(&store.offsets, j);
             let l = (j - store.offsets[s]).min(len);
@@ -174,7 +157,6 @@ impl<'a> ShiftedWindows<'a> {
             batch.last_event.push(j);
             batch.seq_index.push(s);
         }
-        *next = end;
         Some(&self.batch)
     }
 }
@@ -183,6 +165,7 @@ impl<'a> ShiftedWindows<'a> {
 mod tests {
     use super::super::test_stores::{random_parts, random_store, store_of};
     use super::*;
+    use crate::rng::Rng;
     use crate::split::Part;
 
     fn config(len: usize, batch_size: usize) -> ShiftedConfig {

@@ -30,8 +30,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_positive, check_store, check_u32_events, gather_row, seq_of, Targets};
-use crate::rng::Rng;
+use super::epoch::EpochOrder;
+use super::{check_positive, check_row_store, gather_before, gather_row, seq_of, Targets};
 use crate::{Result, SequenceStore};
 
 /// Settings of [`Windows`].
@@ -87,10 +87,7 @@ impl WindowBatch {
     /// Fills `out` with any store column over the history positions
     /// (`rows × len`, `pad` at padding), e.g. gaps or labels.
     pub fn gather_history<T: Copy>(&self, column: &[T], pad: T, out: &mut Vec<T>) {
-        out.clear();
-        for (&t, &l) in self.target_event.iter().zip(&self.lengths) {
-            gather_row(column, t - l, l, self.len, pad, true, out);
-        }
+        gather_before(column, &self.target_event, &self.lengths, self.len, pad, out);
     }
 
     /// Fills `out` with `rows × len` flags, true at padding positions.
@@ -118,9 +115,7 @@ pub struct Windows<'a> {
     store: &'a SequenceStore,
     config: WindowsConfig,
     /// Target event indices in epoch order.
-    order: Vec<u32>,
-    next: usize,
-    rng: Rng,
+    order: EpochOrder,
     batch: WindowBatch,
 }
 
@@ -135,25 +130,19 @@ impl<'a> Windows<'a> {
         let what = "windows";
         check_positive(config.len, "window length")?;
         check_positive(config.batch_size, "window batch size")?;
-        check_store(store, what)?;
-        check_u32_events(store, what)?;
-        targets.check(store)?;
+        check_row_store(store, &targets, what)?;
         let mut order = Vec::new();
         for s in 0..store.n_seq() {
             let r = store.range(s);
             let first = r.start + config.skip_first as usize;
             order.extend((first..r.end).filter(|&e| targets.selects(e)).map(|e| e as u32));
         }
-        let mut windows = Windows {
+        Ok(Windows {
             store,
             config: config.clone(),
-            order,
-            next: 0,
-            rng: Rng::new(config.seed),
+            order: EpochOrder::new(order, config.batch_size, config.shuffle, config.seed),
             batch: WindowBatch { len: config.len, ..Default::default() },
-        };
-        windows.rewind();
-        Ok(windows)
+        })
     }
 
     /// Number of targets (rows) per epoch.
@@ -163,26 +152,20 @@ impl<'a> Windows<'a> {
 
     /// Number of batches per epoch, the partial last one included.
     pub fn n_batches(&self) -> usize {
-        self.order.len().div_ceil(self.config.batch_size)
+        self.order.n_batches()
     }
 
     /// Starts a new epoch (with a new shuffle when shuffling).
     pub fn rewind(&mut self) {
-        self.next = 0;
-        if self.config.shuffle {
-            self.rng.shuffle(&mut self.order);
-        }
+        self.order.rewind();
     }
 
     /// The next batch, or `None` at the end of the epoch.
     pub fn next_batch(&mut self) -> Option<&WindowBatch> {
-        let Windows { store, config, order, next, batch, .. } = self;
-        let end = order.len().min(*next + config.batch_size);
-        if *next >= end {
-            return None;
-        }
+        let Windows { store, config, order, batch } = self;
+        let rows = order.next_rows()?;
         batch.clear();
-        for &t in &order[*next..end] {
+        for &t in rows {
             let t = t as usize;
             let s = seq_of(&store.offsets, t);
             let l = (t - store.offsets[s]).min(config.len);
@@ -196,7 +179,6 @@ impl<'a> Windows<'a> {
             batch.target_event.push(t);
             batch.seq_index.push(s);
         }
-        *next = end;
         Some(&self.batch)
     }
 }
@@ -205,6 +187,7 @@ impl<'a> Windows<'a> {
 mod tests {
     use super::super::test_stores::{random_parts, random_store, store_of};
     use super::*;
+    use crate::rng::Rng;
     use crate::split::Part;
 
     fn config(len: usize, batch_size: usize) -> WindowsConfig {

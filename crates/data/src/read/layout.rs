@@ -72,6 +72,37 @@ impl Preset {
     fn headerless(delimiter: &'static str, names: &[&'static str]) -> Preset {
         Preset { names: names.to_vec(), ..Preset::text(delimiter, false) }
     }
+
+    /// The interactions' role → column mapping: these defaults for the roles
+    /// `src` does not map, then `src`'s own, sorted by role.
+    ///
+    /// # Errors
+    /// The message for the file's error when `seq`, `item` or `time` is unmapped.
+    pub(crate) fn role_columns(&self, src: &Source) -> std::result::Result<Vec<(Role, ColumnRef)>, String> {
+        let mut columns: Vec<(Role, ColumnRef)> = self
+            .columns
+            .iter()
+            .filter(|(r, _)| !src.columns.contains_key(r))
+            .map(|(r, n)| (*r, ColumnRef::Name(n.to_string())))
+            .collect();
+        columns.extend(src.columns.iter().map(|(r, c)| (*r, c.clone())));
+        columns.sort_by_key(|(r, _)| *r);
+        for role in [Role::Seq, Role::Item, Role::Time] {
+            if !columns.iter().any(|(r, _)| *r == role) {
+                return Err(format!("no column is mapped to the required role `{}`", role.name()));
+            }
+        }
+        Ok(columns)
+    }
+
+    /// A side table's key column: `src`'s, else this default.
+    ///
+    /// # Errors
+    /// The message for the file's error when neither names one.
+    pub(crate) fn key_column(&self, src: &Source) -> std::result::Result<ColumnRef, String> {
+        let key = src.key.clone().or_else(|| self.key.map(|k| ColumnRef::Name(k.to_owned())));
+        key.ok_or_else(|| "no key column given".to_owned())
+    }
 }
 
 /// The defaults of `format` for `table`.
@@ -285,20 +316,7 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
     };
     let mut outputs = Vec::new();
     if src.table == Table::Interactions {
-        let mut columns: Vec<(Role, ColumnRef)> = p
-            .columns
-            .iter()
-            .filter(|(r, _)| !src.columns.contains_key(r))
-            .map(|(r, n)| (*r, ColumnRef::Name(n.to_string())))
-            .collect();
-        columns.extend(src.columns.iter().map(|(r, c)| (*r, c.clone())));
-        columns.sort_by_key(|(r, _)| *r);
-        for role in [Role::Seq, Role::Item, Role::Time] {
-            if !columns.iter().any(|(r, _)| *r == role) {
-                return Err(file_error(format!("no column is mapped to the required role `{}`", role.name())));
-            }
-        }
-        for (role, r) in &columns {
+        for (role, r) in &p.role_columns(src).map_err(file_error)? {
             let key = |t: Option<KeyType>, hint| {
                 if t == Some(KeyType::Str) {
                     Parse::StrKey
@@ -320,8 +338,7 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
             outputs.push(Output { name: role.name().to_owned(), field: find(r)?, parse });
         }
     } else {
-        let key_ref = src.key.clone().or_else(|| p.key.map(|k| ColumnRef::Name(k.to_owned())));
-        let key_ref = key_ref.ok_or_else(|| file_error("no key column given".to_owned()))?;
+        let key_ref = p.key_column(src).map_err(file_error)?;
         let parse = if src.key_type == Some(KeyType::Str) { Parse::StrKey } else { Parse::IntKey("key_type") };
         outputs.push(Output { name: col::KEY.to_owned(), field: find(&key_ref)?, parse });
     }
@@ -395,6 +412,34 @@ mod tests {
             ]
         );
         assert_eq!(l.outputs[2].parse, Parse::Time(TimeUnit::Ms));
+    }
+
+    #[test]
+    fn role_columns_merge_recipe_over_format_sorted_by_role() {
+        let p = preset(Format::Rsc15, Table::Interactions);
+        let mut src = Source::new(Table::Interactions, "c.dat", Format::Rsc15);
+        src.columns.insert(Role::Rating, ColumnRef::Index(3));
+        src.columns.insert(Role::Item, ColumnRef::Name("product".into()));
+        let got = p.role_columns(&src).unwrap();
+        let expect = [
+            (Role::Seq, ColumnRef::Name("session_id".into())),
+            (Role::Item, ColumnRef::Name("product".into())),
+            (Role::Time, ColumnRef::Name("timestamp".into())),
+            (Role::Rating, ColumnRef::Index(3)),
+        ];
+        assert_eq!(got, expect);
+        let csv = Source::new(Table::Interactions, "e.csv", Format::Csv);
+        let e = preset(Format::Csv, Table::Interactions).role_columns(&csv).unwrap_err();
+        assert_eq!(e, "no column is mapped to the required role `seq`");
+
+        let mut users = Source::new(Table::Users, "users.dat", Format::MovielensDat);
+        let p = preset(Format::MovielensDat, Table::Users);
+        assert_eq!(p.key_column(&users), Ok(ColumnRef::Name("user_id".into())));
+        users.key = Some(ColumnRef::Index(0));
+        assert_eq!(p.key_column(&users), Ok(ColumnRef::Index(0)));
+        let csv_users = Source::new(Table::Users, "u.csv", Format::Csv);
+        let e = preset(Format::Csv, Table::Users).key_column(&csv_users).unwrap_err();
+        assert_eq!(e, "no key column given");
     }
 
     #[test]

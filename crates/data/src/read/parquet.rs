@@ -110,20 +110,7 @@ fn open_file(src: &Source, path: &Path) -> Result<ParquetFile> {
         Delimiter::new(list_delim).ok_or_else(|| file_error(format!("bad list delimiter `{list_delim}`")))?;
     let mut wanted = Vec::new();
     if src.table == Table::Interactions {
-        let mut columns: Vec<(Role, ColumnRef)> = p
-            .columns
-            .iter()
-            .filter(|(r, _)| !src.columns.contains_key(r))
-            .map(|(r, n)| (*r, ColumnRef::Name(n.to_string())))
-            .collect();
-        columns.extend(src.columns.iter().map(|(r, c)| (*r, c.clone())));
-        columns.sort_by_key(|(r, _)| *r);
-        for role in [Role::Seq, Role::Item, Role::Time] {
-            if !columns.iter().any(|(r, _)| *r == role) {
-                return Err(file_error(format!("no column is mapped to the required role `{}`", role.name())));
-            }
-        }
-        for (role, r) in &columns {
+        for (role, r) in &p.role_columns(src).map_err(file_error)? {
             let conv = match role {
                 Role::Seq => Conv::Key(src.seq_type),
                 Role::Item => Conv::Key(src.item_type),
@@ -138,8 +125,7 @@ fn open_file(src: &Source, path: &Path) -> Result<ParquetFile> {
             wanted.push(Wanted { name: role.name().to_owned(), source: find(r)?, conv });
         }
     } else {
-        let key = src.key.clone().or_else(|| p.key.map(|k| ColumnRef::Name(k.to_owned())));
-        let key = key.ok_or_else(|| file_error("no key column given".to_owned()))?;
+        let key = p.key_column(src).map_err(file_error)?;
         wanted.push(Wanted { name: col::KEY.to_owned(), source: find(&key)?, conv: Conv::Key(src.key_type) });
     }
     let requested: Vec<(String, Option<FeatureKind>)> = match &src.features {
