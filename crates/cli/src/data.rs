@@ -176,7 +176,10 @@ fn prepare(recipe: PathBuf, out: Option<PathBuf>, dir: Option<PathBuf>, json: bo
     println!("  kept      {} events, {} sequences, {} items", c.events, c.sequences, c.items);
     println!(
         "  split     {}: train {} / valid {} / test {} events",
-        summary["split"]["kind"], c.parts[0], c.parts[1], c.parts[2]
+        summary["split"]["kind"].as_str().unwrap_or("?"),
+        c.parts[0],
+        c.parts[1],
+        c.parts[2]
     );
     println!("  removed   {} valid/test events whose item is unseen in training", summary["split"]["removed_unseen"]);
     if let Some(g) = &meta.gaps {

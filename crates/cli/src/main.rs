@@ -31,15 +31,46 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter_or_info().init();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain_message(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by `: `, skipping a cause whose text the
+/// message already holds (library errors often quote their source).
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_message;
+    use anyhow::Context;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let lib = seqrec_data::Error::io("a.csv", io);
+        let e = Err::<(), _>(lib).context("preparing r.toml").unwrap_err();
+        assert_eq!(chain_message(&e), "preparing r.toml: a.csv: no such file");
     }
 }
 
