@@ -60,20 +60,6 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::chain_message;
-    use anyhow::Context;
-
-    #[test]
-    fn causes_already_quoted_are_not_repeated() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let lib = seqrec_data::Error::io("a.csv", io);
-        let e = Err::<(), _>(lib).context("preparing r.toml").unwrap_err();
-        assert_eq!(chain_message(&e), "preparing r.toml: a.csv: no such file");
-    }
-}
-
 /// Log level from `SEQREC_LOG` (error, warn, info, debug, trace), info by default.
 trait LevelFromEnv {
     fn with_env_filter_or_info(self) -> Self;
@@ -88,5 +74,19 @@ impl<N, E, W> LevelFromEnv
             .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
             .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
         self.with_max_level(level)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_message;
+    use anyhow::Context;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let lib = seqrec_data::Error::io("a.csv", io);
+        let e = Err::<(), _>(lib).context("preparing r.toml").unwrap_err();
+        assert_eq!(chain_message(&e), "preparing r.toml: a.csv: no such file");
     }
 }
