@@ -1,1 +1,3 @@
 //! seqrec-models
+
+pub mod loss;
