@@ -22,9 +22,12 @@ pub const LOG_EPSILON: f64 = 1e-24;
 pub enum Loss {
     /// Softmax over the row once after sampling, minus log of the positive's probability.
     CrossEntropy,
-    /// Mean over negatives of σ(r_j − r_i) + σ(r_j²).
+    /// As the authors' code: the mean over all N = B + S columns of
+    /// σ(r_j − r_i) + σ(r_j²), minus σ(r_i²) / N (so the positive itself adds
+    /// only the constant σ(0) / N).
     Top1,
-    /// Mean over negatives of −log σ(r_i − r_j).
+    /// As the authors' code: the mean over all N = B + S columns of
+    /// −log σ(r_i − r_j) (the positive itself adds the constant log 2 / N).
     Bpr,
     /// TOP1 weighted by the softmax over the negatives' scores.
     Top1Max,
@@ -99,16 +102,19 @@ pub fn sampled_loss(
     let positive = Tensor::eye(rows, dtype, device)?.pad_with_zeros(1, 0, cols - rows)?;
     let negative = positive.ones_like()?.sub(&positive)?;
     let diagonal = (&scores * &positive)?.sum_keepdim(1)?;
-    let n_negatives = (cols - 1) as f64;
+    let n_columns = cols as f64;
     let per_row = match loss {
         Loss::CrossEntropy => {
             let probability = (softmax_masked(&scores, None)? * &positive)?.sum_keepdim(1)?;
             (probability + LOG_EPSILON)?.log()?.neg()?
         }
-        Loss::Top1 => (top1_terms(&scores, &diagonal)? * &negative)?.sum_keepdim(1)?.affine(1.0 / n_negatives, 0.0)?,
+        Loss::Top1 => {
+            let all = top1_terms(&scores, &diagonal)?.sum_keepdim(1)?;
+            (all - sigmoid(&diagonal.sqr()?)?)?.affine(1.0 / n_columns, 0.0)?
+        }
         Loss::Bpr => {
             let margin = diagonal.broadcast_sub(&scores)?;
-            (log_sigmoid(&margin)? * &negative)?.sum_keepdim(1)?.affine(-1.0 / n_negatives, 0.0)?
+            log_sigmoid(&margin)?.sum_keepdim(1)?.affine(-1.0 / n_columns, 0.0)?
         }
         Loss::Top1Max => {
             let weight = softmax_masked(&scores, Some(&negative))?;
@@ -217,7 +223,7 @@ mod tests {
             };
             let pos = r[i];
             let negatives: Vec<f64> = (0..r.len()).filter(|&j| j != i).map(|j| r[j]).collect();
-            let n = negatives.len() as f64;
+            let n = r.len() as f64;
             // Exponents shifted by the row maximum, so a row of huge negatives is not 0 / 0.
             let top = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let neg_exp_sum: f64 = negatives.iter().map(|x| (x - top).exp()).sum();
@@ -227,8 +233,9 @@ mod tests {
                     let all: f64 = r.iter().map(|x| (x - top).exp()).sum();
                     -((pos - top).exp() / all + 1e-24).ln()
                 }
-                Loss::Top1 => negatives.iter().map(|&x| sigma(x - pos) + sigma(x * x)).sum::<f64>() / n,
-                Loss::Bpr => -negatives.iter().map(|&x| ln_sigma(pos - x)).sum::<f64>() / n,
+                // The authors' TOP1 and BPR average over every column, the positive included.
+                Loss::Top1 => (r.iter().map(|&x| sigma(x - pos) + sigma(x * x)).sum::<f64>() - sigma(pos * pos)) / n,
+                Loss::Bpr => -r.iter().map(|&x| ln_sigma(pos - x)).sum::<f64>() / n,
                 Loss::Top1Max => negatives.iter().map(|&x| weight(x) * (sigma(x - pos) + sigma(x * x))).sum(),
                 Loss::BprMax { bpreg } => {
                     let ranked: f64 = negatives.iter().map(|&x| weight(x) * sigma(pos - x)).sum();
