@@ -371,15 +371,15 @@ mod tests {
         assert!(oracle.0 > markov.0 + 0.02 && oracle.1 > markov.1 + 0.01, "oracle {oracle:?} vs markov {markov:?}");
     }
 
-    /// The numbers on the default synthetic sessions, for docs/benchmarks.md:
-    /// `cargo test -p seqrec-models --release --lib default_synthetic -- --ignored --nocapture`
+    /// The numbers on the default synthetic sessions (docs/benchmarks.md), printed by
+    /// `cargo test -p seqrec-models --lib default_synthetic -- --nocapture`.
     #[test]
-    #[ignore = "prints the baselines on the default synthetic sessions (seconds in release)"]
     fn default_synthetic_sessions_numbers() {
         let [pop, markov, oracle] = three_scores(&SessionsConfig::default());
         for (name, (r, m)) in [("most popular", pop), ("markov", markov), ("oracle", oracle)] {
             println!("{name:>12}: recall@20 {r:.4}  mrr@20 {m:.4}");
         }
-        assert!(oracle.0 > markov.0 && markov.0 > pop.0);
+        assert!(oracle.0 > markov.0 + 0.05 && markov.0 > pop.0 + 0.2, "{pop:?} {markov:?} {oracle:?}");
+        assert!(oracle.1 > markov.1 + 0.02 && markov.1 > pop.1 + 0.1, "{pop:?} {markov:?} {oracle:?}");
     }
 }

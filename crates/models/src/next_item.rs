@@ -78,9 +78,10 @@ impl Default for EvalConfig {
 ///
 /// # Errors
 /// [`Error::Invalid`] (converted to the scorer's error) when the store is
-/// inconsistent ([`SequenceStore::validate`]), `batch_size` is 0, `parts` is not aligned with the store's events, the scorer ranks fewer
-/// than one id, or an input or target is padding or outside `1..n_ids`;
-/// any error of the scorer.
+/// inconsistent ([`SequenceStore::validate`]), `batch_size` is 0, `parts` is
+/// not aligned with the store's events, the scorer has fewer than 2 ids
+/// (padding and one item), or an input or target is padding or outside
+/// `1..n_ids`; any error of the scorer.
 pub fn evaluate_sessions<S: SessionScorer + ?Sized>(
     store: &SequenceStore,
     parts: &[Part],
@@ -350,10 +351,7 @@ mod tests {
         let mut acc = RankingAccumulator::new(&cfg.ks);
         for q in 0..store.n_seq() {
             let r = store.range(q);
-            for e in r.start + 1..r.end {
-                if parts[e] != which {
-                    continue;
-                }
+            for e in (r.start + 1..r.end).filter(|&e| parts[e] == which) {
                 let h = store.items[r.start..e].iter().fold(0, |h, &x| mix(h, x as u64));
                 let scores: Vec<f32> = (1..n_ids).map(|j| hashed_score(h, j)).collect();
                 acc.add_rank(rank(&scores, store.items[e] as usize - 1, cfg.tie_mode));
