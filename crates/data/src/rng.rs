@@ -134,7 +134,11 @@ impl AliasTable {
         let mut prob: Vec<f64> = weights.iter().map(|w| w * n as f64 / sum).collect();
         let mut alias = vec![0u32; n];
         let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| prob[i] < 1.0);
-        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        // Pair while both stacks hold an entry: popping `small` first when
+        // `large` is empty would drop that entry with its probability below one
+        // and its alias pointing at outcome 0.
+        while let (Some(&s), Some(&l)) = (small.last(), large.last()) {
+            small.pop();
             alias[s] = l as u32;
             prob[l] -= 1.0 - prob[s];
             if prob[l] < 1.0 {
@@ -221,6 +225,20 @@ mod tests {
             assert!((got - expect).abs() < 0.004, "outcome {i}: {got} vs {expect}");
         }
         assert_eq!(counts[1], 0);
+    }
+
+    /// Rounding can leave entries on `small` once `large` is empty; each must
+    /// end with probability one, never aliasing a zero-weight outcome.
+    #[test]
+    fn alias_table_leftovers_never_alias_a_zero_weight_outcome() {
+        for n in 2..200 {
+            let mut w = vec![0.0];
+            w.extend((1..n).map(|i| 1.0 + (i as f64 * 0.7).sin() * 0.3 + 1e-13 * i as f64));
+            let t = AliasTable::new(&w);
+            for i in 1..n {
+                assert!(t.prob[i] >= 1.0 || t.alias[i] != 0, "n {n}: outcome {i} can alias 0");
+            }
+        }
     }
 
     #[test]
