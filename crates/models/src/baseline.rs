@@ -226,21 +226,9 @@ mod tests {
     use seqrec_eval::{RankingAccumulator, RankingMetrics, TieMode};
 
     use super::*;
+    use crate::next_item::tests::store_of;
     use crate::next_item::{evaluate_sessions, EvalConfig, PrefixScorer};
     use Part::{Test, Train};
-
-    fn store_of(seqs: &[(&[u32], &[Part])]) -> (SequenceStore, Vec<Part>) {
-        let mut s = SequenceStore { offsets: vec![0], ..Default::default() };
-        let mut parts = Vec::new();
-        for (i, (items, p)) in seqs.iter().enumerate() {
-            s.items.extend_from_slice(items);
-            parts.extend_from_slice(p);
-            s.times.extend((0..items.len() as i64).map(|t| 100 * i as i64 + t));
-            s.offsets.push(s.items.len());
-            s.seq_ids.push(i as u32 + 1);
-        }
-        (s, parts)
-    }
 
     /// A: 1 2 3 2 (train), B: 2 3 | 4 (last test), C: 4 1 (train), D: 4 | 1 (last test).
     fn tiny() -> (SequenceStore, Vec<Part>) {

@@ -257,7 +257,7 @@ impl<S: NextItemScorer + ?Sized> SessionScorer for PrefixScorer<'_, S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use seqrec_data::dataset::Dataset;
     use seqrec_data::io::scratch_dir;
     use seqrec_data::prepare::prepare;
@@ -268,7 +268,7 @@ mod tests {
     use Part::{Test, Train, Valid};
 
     /// A store of `seqs` (items and parts per event), times increasing.
-    fn store_of(seqs: &[(&[u32], &[Part])]) -> (SequenceStore, Vec<Part>) {
+    pub(crate) fn store_of(seqs: &[(&[u32], &[Part])]) -> (SequenceStore, Vec<Part>) {
         let mut s = SequenceStore { offsets: vec![0], ..Default::default() };
         let mut parts = Vec::new();
         for (i, (items, p)) in seqs.iter().enumerate() {
