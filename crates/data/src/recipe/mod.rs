@@ -116,11 +116,33 @@ fn serde_key(prefix: &str, message: &str) -> String {
 fn serde_section<T: serde::de::DeserializeOwned + Default>(top: &mut Section<'_>, key: &str) -> Result<T> {
     match top.section(key)? {
         None => Ok(T::default()),
-        Some(section) => section.table.try_into::<T>().map_err(|e| {
+        Some(section) => section.table.clone().try_into::<T>().map_err(|e| {
             let message = e.message().trim().to_owned();
-            Error::config(top.file, serde_key(key, &message), message)
+            let at = serde_key(key, &message);
+            let at = if at == key {
+                offending_key::<T>(&section.table, &message).map_or(at, |k| format!("{key}.{k}"))
+            } else {
+                at
+            };
+            Error::config(top.file, at, message)
         }),
     }
+}
+
+/// The key whose value alone (beside the `kind` tag) gives the same error
+/// as the whole table: serde reports a wrong type without saying where.
+fn offending_key<T: serde::de::DeserializeOwned>(table: &TomlTable, message: &str) -> Option<String> {
+    table.iter().filter(|(k, _)| k.as_str() != "kind").find_map(|(k, v)| {
+        let mut probe = TomlTable::new();
+        if let Some(kind) = table.get("kind") {
+            probe.insert("kind".into(), kind.clone());
+        }
+        probe.insert(k.clone(), v.clone());
+        match probe.try_into::<T>() {
+            Err(e) if e.message().trim() == message => Some(k.clone()),
+            _ => None,
+        }
+    })
 }
 
 const TOP_KEYS: [&str; 11] =
@@ -359,6 +381,17 @@ valid = 1
             (format!("{MINIMAL}[split]\nkind = \"last_days\"\ndayz = 1\n"), "split.dayz", "unknown field `dayz`"),
             (format!("{MINIMAL}[split]\nkind = \"random\"\n"), "split.kind", "unknown variant `random`"),
             (format!("{MINIMAL}[split]\nn = 1\n"), "split.kind", "kind"),
+            (
+                format!("{MINIMAL}[split]\nkind = \"leave_last_out\"\nn = \"one\"\n"),
+                "split.n",
+                "invalid type: string \"one\", expected usize",
+            ),
+            (format!("{MINIMAL}[split]\nkind = \"last_days\"\ndays = \"x\"\n"), "split.days", "invalid type"),
+            (
+                format!("{MINIMAL}[filter]\nmin_item_support = 2\ncollapse_repeats = 3\n"),
+                "filter.collapse_repeats",
+                "expected a boolean",
+            ),
             (format!("{MINIMAL}gaps = 1\n"), "interactions.gaps", "unknown key"),
             (format!("gaps = 1\n{MINIMAL}"), "gaps", "expected true or false, found integer"),
             ("[interactions\npath = 1".to_owned(), "<syntax>", "line 1, column"),
