@@ -144,9 +144,7 @@ fn files_under(path: &Path, out: &mut Vec<PathBuf>) {
 /// A cheap fingerprint of the inputs: paths, sizes and modification times.
 fn input_hash(recipe: &Recipe) -> String {
     let mut files = Vec::new();
-    let sources =
-        [&Some(recipe.interactions.clone()), &recipe.users, &recipe.items, &recipe.questions, &recipe.lectures];
-    for s in sources.into_iter().flatten() {
+    for s in recipe.sources() {
         files_under(&s.path, &mut files);
     }
     let mut h = rustc_hash::FxHasher::default();

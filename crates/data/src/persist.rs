@@ -45,28 +45,13 @@ pub struct PreparedEvents {
     pub parts: Vec<Part>,
 }
 
-/// Event column names in `events/*.parquet`, in file order.
+/// Event column names in `events/*.parquet`: the canonical role names of
+/// [`crate::table::col`] (keys now encoded as ids), plus the split part and
+/// the normalised gap.
 pub mod event_col {
-    /// Sequence id (u32).
-    pub const SEQ: &str = "seq";
-    /// Item id (u32).
-    pub const ITEM: &str = "item";
-    /// Time, ms (i64).
-    pub const TIME: &str = "time";
+    pub use crate::table::col::{ELAPSED, EXPLAINED, GROUP, ITEM, KIND, LABEL, RATING, SEQ, TIME};
     /// Split part, 0 train / 1 valid / 2 test (u8).
     pub const PART: &str = "part";
-    /// Rating (f32).
-    pub const RATING: &str = "rating";
-    /// Label (i8).
-    pub const LABEL: &str = "label";
-    /// Kind (u8).
-    pub const KIND: &str = "kind";
-    /// Group (i64).
-    pub const GROUP: &str = "group";
-    /// Prior elapsed time (f32, NaN = missing).
-    pub const ELAPSED: &str = "elapsed";
-    /// Prior explanation (i8, -1 = missing).
-    pub const EXPLAINED: &str = "explained";
     /// Normalised gap (f32).
     pub const GAP: &str = "gap";
 }
