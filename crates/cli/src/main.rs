@@ -6,6 +6,7 @@
 mod bench;
 mod data;
 mod resources;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,12 @@ enum Command {
     /// Prepare, inspect and generate datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Train GRU4Rec on a prepared dataset into a run directory.
+    Train(train::TrainArgs),
+    /// Rank a part of a prepared dataset with a trained run.
+    Evaluate(train::EvaluateArgs),
+    /// Top-K next items for the sessions of a file.
+    Recommend(train::RecommendArgs),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -57,6 +64,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::Train(a) => train::run_train(a),
+        Command::Evaluate(a) => train::run_evaluate(a),
+        Command::Recommend(a) => train::run_recommend(a),
     }
 }
 

@@ -1,1 +1,9 @@
-//! seqrec-kernels
+//! `seqrec-kernels`: the custom ops the models need beyond candle's generic
+//! ones, each with a CPU implementation that is also the reference for the
+//! CUDA kernels of the `cuda` feature.
+//!
+//! - [`optim`]: Adagrad-with-momentum and Adam updates, dense and sparse
+//!   (only the touched rows of an embedding or output table, repeated row ids
+//!   summed first), as in-place candle ops.
+
+pub mod optim;

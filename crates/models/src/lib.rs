@@ -5,7 +5,14 @@
 //! - [`next_item`]: the full-ranking next-item evaluation over session-parallel
 //!   batches, for any [`next_item::SessionScorer`].
 //! - [`baseline`]: most-popular and first-order Markov baselines.
+//! - [`gru4rec`]: the GRU4Rec network, its training step and scorer.
+//! - [`optim`]: Adagrad with momentum and Adam, dense and sparse (row) updates.
 
 pub mod baseline;
+pub mod error;
+pub mod gru4rec;
 pub mod loss;
 pub mod next_item;
+pub mod optim;
+
+pub use error::ModelError;

@@ -1,1 +1,17 @@
-//! seqrec-train
+//! `seqrec-train`: run configuration, the training loop, checkpoints and run
+//! directories.
+//!
+//! - [`config`]: the GRU4Rec run config (the papers' key names; unknown keys are errors).
+//! - [`gru4rec`]: training (early stopping, best checkpoint, exact resume,
+//!   retraining a saved model on new sessions), evaluation and recommendation.
+//! - [`run`]: the run directory's files.
+//! - [`progress`]: the progress bar.
+
+pub mod config;
+pub mod error;
+pub mod gru4rec;
+pub mod progress;
+pub mod run;
+
+pub use config::Gru4RecConfig;
+pub use error::{Result, TrainError};

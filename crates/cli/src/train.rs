@@ -1,0 +1,272 @@
+//! `seqrec train | evaluate | recommend` for GRU4Rec runs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use arrow_array::{Array, Float64Array, Int64Array, LargeStringArray, StringArray};
+use clap::Args;
+use seqrec_data::dataset::Dataset;
+use seqrec_data::recipe::Recipe;
+use seqrec_data::split::Part;
+use seqrec_data::table::col;
+use seqrec_train::gru4rec::{evaluate_run, load_run, recommend, train, TrainOptions};
+use seqrec_train::run::RunDir;
+use seqrec_train::Gru4RecConfig;
+
+/// `seqrec train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Prepared dataset directory (`seqrec data prepare`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory (config, metrics.jsonl, checkpoints).
+    #[arg(long)]
+    run: PathBuf,
+    /// Run config (TOML, the papers' keys); not needed with --resume.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --run from its last completed epoch.
+    #[arg(long)]
+    resume: bool,
+    /// Start from the best weights of this run (retraining on new sessions).
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Print the results as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `seqrec evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    run: PathBuf,
+    /// Prepared dataset directory (the one the run was trained on).
+    #[arg(long)]
+    data: PathBuf,
+    /// Which part to rank: test or valid.
+    #[arg(long, default_value = "test")]
+    part: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `seqrec recommend`.
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    run: PathBuf,
+    /// Sessions to recommend for (one event per line; sessions never seen in training are fine).
+    #[arg(long)]
+    input: PathBuf,
+    /// Layout of --input: gru4rec (SessionId, ItemId, Time TSV), csv, parquet, …
+    #[arg(long, default_value = "gru4rec")]
+    format: String,
+    /// Items per session.
+    #[arg(long, short, default_value_t = 20)]
+    k: usize,
+    /// Output file: .csv, .json or .parquet.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
+    let (cfg, run) = if a.resume {
+        let run = RunDir::open(&a.run)?;
+        let cfg = Gru4RecConfig::load(&run.path("config.toml"))?;
+        if let Some(path) = &a.config {
+            let given = Gru4RecConfig::load(path)?;
+            if given != cfg {
+                bail!("--resume: {} differs from the run's config.toml; resume uses the run's own config", path.display());
+            }
+        }
+        (cfg, run)
+    } else {
+        let cfg = match &a.config {
+            Some(path) => Gru4RecConfig::load(path)?,
+            None => Gru4RecConfig::default(),
+        };
+        (cfg, RunDir::create(&a.run)?)
+    };
+    let opts = TrainOptions { resume: a.resume, init_from: a.init_from, ..TrainOptions::default() };
+    let outcome = train(&cfg, &data, &run, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "trained {} epochs ({:.0} events/s); kept epoch {}{}",
+            outcome.epochs,
+            outcome.train_events_per_s,
+            outcome.best_epoch,
+            outcome.best_valid.map(|v| format!(" (valid {} {v:.4})", cfg.valid_metric)).unwrap_or_default()
+        );
+        if let Some(t) = &outcome.test {
+            print_metrics("test", t);
+        }
+        println!("run directory: {}", run.dir.display());
+    }
+    Ok(())
+}
+
+fn print_metrics(label: &str, m: &seqrec_eval::RankingMetrics) {
+    for at in &m.at {
+        println!(
+            "{label}: Recall@{k} {:.4}  MRR@{k} {:.4}  NDCG@{k} {:.4}  ({} targets)",
+            at.recall,
+            at.mrr,
+            at.ndcg,
+            m.n,
+            k = at.k
+        );
+    }
+}
+
+pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
+    let part = match a.part.as_str() {
+        "test" => Part::Test,
+        "valid" => Part::Valid,
+        other => bail!("--part: found `{other}`, expected test or valid"),
+    };
+    let loaded = load_run(&a.run, &candle_core::Device::Cpu)?;
+    let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
+    let m = evaluate_run(&loaded, &data, part)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        print_metrics(&a.part, &m);
+    }
+    Ok(())
+}
+
+/// Raw string of row `i` of a key column.
+fn key_at(a: &dyn Array, i: usize) -> Option<String> {
+    if a.is_null(i) {
+        return None;
+    }
+    let any = a.as_any();
+    if let Some(x) = any.downcast_ref::<Int64Array>() {
+        return Some(x.value(i).to_string());
+    }
+    if let Some(x) = any.downcast_ref::<StringArray>() {
+        return Some(x.value(i).to_owned());
+    }
+    if let Some(x) = any.downcast_ref::<LargeStringArray>() {
+        return Some(x.value(i).to_owned());
+    }
+    None
+}
+
+fn time_at(a: Option<&dyn Array>, i: usize) -> i64 {
+    let Some(a) = a else { return 0 };
+    let any = a.as_any();
+    if let Some(x) = any.downcast_ref::<Int64Array>() {
+        return x.value(i);
+    }
+    if let Some(x) = any.downcast_ref::<Float64Array>() {
+        return x.value(i) as i64;
+    }
+    0
+}
+
+/// Sessions of a file (key, raw items in time order), in order of first appearance.
+fn read_sessions(path: &Path, format: &str) -> Result<Vec<(String, Vec<String>)>> {
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let name = path.file_name().context("--input: expected a file")?.to_string_lossy().to_string();
+    let text = format!("name = \"recommend-input\"\nformat = \"{format}\"\n[interactions]\npath = \"{name}\"\n");
+    let recipe = Recipe::from_toml_str(&text, &dir.join("recommend.toml"))?.with_dir(dir);
+    let mut index = std::collections::HashMap::new();
+    let mut sessions: Vec<(String, Vec<(i64, usize, String)>)> = Vec::new();
+    let mut n = 0usize;
+    for batch in seqrec_data::read::read_interactions(&recipe.interactions)? {
+        let batch = batch?;
+        let seq = batch.column_by_name(col::SEQ).context("input has no session column")?;
+        let item = batch.column_by_name(col::ITEM).context("input has no item column")?;
+        let time = batch.column_by_name(col::TIME);
+        for i in 0..batch.num_rows() {
+            let (Some(s), Some(it)) = (key_at(seq.as_ref(), i), key_at(item.as_ref(), i)) else { continue };
+            let slot = *index.entry(s.clone()).or_insert_with(|| {
+                sessions.push((s, Vec::new()));
+                sessions.len() - 1
+            });
+            sessions[slot].1.push((time_at(time.map(|t| t.as_ref()), i), n, it));
+            n += 1;
+        }
+    }
+    if n == 0 {
+        bail!("{}: no events, expected at least one session", path.display());
+    }
+    Ok(sessions
+        .into_iter()
+        .map(|(k, mut ev)| {
+            ev.sort_by_key(|&(t, i, _)| (t, i));
+            (k, ev.into_iter().map(|(_, _, it)| it).collect())
+        })
+        .collect())
+}
+
+pub fn run_recommend(a: RecommendArgs) -> Result<()> {
+    let loaded = load_run(&a.run, &candle_core::Device::Cpu)?;
+    let sessions = read_sessions(&a.input, &a.format)?;
+    let recs = recommend(&loaded, &sessions, a.k, loaded.config.eval_batch_size)?;
+    if recs.skipped_events > 0 || recs.skipped_sessions > 0 {
+        tracing::warn!(
+            "{} events with items unknown to the model skipped; {} sessions had no known item and get no recommendation",
+            recs.skipped_events,
+            recs.skipped_sessions
+        );
+    }
+    write_recs(&a.out, &recs)?;
+    println!("{} sessions → {}", recs.sessions.len(), a.out.display());
+    Ok(())
+}
+
+fn write_recs(out: &Path, recs: &seqrec_train::gru4rec::Recommendations) -> Result<()> {
+    use arrow_array::{Float32Array, RecordBatch, UInt32Array};
+    use std::sync::Arc;
+    let ext = out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    match ext {
+        "json" => {
+            let text = serde_json::to_string_pretty(recs)? + "\n";
+            seqrec_data::io::write_atomic(out, |f| {
+                use std::io::Write;
+                f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(out, e))
+            })?;
+        }
+        "csv" => {
+            let mut text = String::from("session,rank,item,score\n");
+            for r in &recs.sessions {
+                for (i, (item, score)) in r.items.iter().zip(&r.scores).enumerate() {
+                    text.push_str(&format!("{},{},{},{}\n", r.session, i + 1, item, score));
+                }
+            }
+            seqrec_data::io::write_atomic(out, |f| {
+                use std::io::Write;
+                f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(out, e))
+            })?;
+        }
+        "parquet" => {
+            let (mut s, mut rank, mut item, mut score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for r in &recs.sessions {
+                for (i, (it, sc)) in r.items.iter().zip(&r.scores).enumerate() {
+                    s.push(r.session.clone());
+                    rank.push(i as u32 + 1);
+                    item.push(it.clone());
+                    score.push(*sc);
+                }
+            }
+            let batch = RecordBatch::try_from_iter([
+                ("session", Arc::new(StringArray::from(s)) as Arc<dyn Array>),
+                ("rank", Arc::new(UInt32Array::from(rank)) as Arc<dyn Array>),
+                ("item", Arc::new(StringArray::from(item)) as Arc<dyn Array>),
+                ("score", Arc::new(Float32Array::from(score)) as Arc<dyn Array>),
+            ])?;
+            seqrec_data::persist::write_parquet(out, &batch)?;
+        }
+        _ => bail!("--out {}: expected a .csv, .json or .parquet file", out.display()),
+    }
+    Ok(())
+}

@@ -1,0 +1,485 @@
+//! Optimiser updates as in-place candle ops, with the CPU implementation
+//! written out here (the reference the CUDA kernels are tested against).
+//!
+//! Every parameter has a *state* tensor beside it holding two slots per
+//! element (Adagrad: accumulated squared gradient and momentum; Adam: first
+//! and second moment). For a `[rows, width]` table the state is
+//! `[rows, 2 · width]`, row `r` being `[slot 0 of row r ‖ slot 1 of row r]`;
+//! a dense parameter is one row. An update is two in-place ops:
+//!
+//! 1. [`StateUpdate`] reads the gradient and rewrites the state of the touched
+//!    rows, leaving in slot 1 the step to add to the parameter (Adagrad's
+//!    momentum is that step);
+//! 2. [`ApplyStep`] adds the step to the touched rows of the parameter.
+//!
+//! Sparse updates take the gradient rows of a mini-batch and their row ids,
+//! repeated ids included: the gradients of a repeated id are summed first and
+//! the row is updated once, as the authors' `IndexedAdagradM` does after
+//! coalescing. Rows not named are not read or written.
+//!
+//! Adagrad with momentum (GRU4Rec's optimiser; accumulator starting at 0, no
+//! decay): `acc += g²; mom = μ·mom − lr·g/√(acc + ε); p += mom`.
+//! Adam (`β1`, `β2`, bias-corrected at step `t`, lazy for sparse rows):
+//! `m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
+//!  p −= lr·(m/(1−β1^t)) / (√(v/(1−β2^t)) + ε)`, written into slot 1's
+//! place as the step is not stored: [`ApplyStep`] for Adam computes it.
+
+use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Tensor};
+use rayon::prelude::*;
+
+/// The update rule and its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// Adagrad with momentum (`momentum` 0: plain Adagrad).
+    AdagradM {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum μ.
+        momentum: f32,
+        /// ε inside the square root.
+        eps: f32,
+    },
+    /// Adam with bias correction at step `t` (1-based).
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first moment.
+        beta1: f32,
+        /// Decay of the second moment.
+        beta2: f32,
+        /// ε added to the root of the second moment.
+        eps: f32,
+        /// Step number, from 1.
+        t: u64,
+    },
+}
+
+/// Rows of a sparse update: the distinct row ids in increasing order and, for
+/// each, the positions of the gradient rows that name it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowGroups {
+    /// Distinct row ids, increasing.
+    pub rows: Vec<u32>,
+    /// `sources[starts[g]..starts[g + 1]]` are the gradient rows of `rows[g]`.
+    pub starts: Vec<usize>,
+    /// Gradient row positions grouped by row id.
+    pub sources: Vec<u32>,
+}
+
+impl RowGroups {
+    /// Groups the (possibly repeated) row ids of a sparse gradient.
+    pub fn new(ids: &[u32]) -> Self {
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| (ids[i as usize], i));
+        let mut groups = RowGroups { rows: Vec::new(), starts: Vec::new(), sources: order };
+        for (k, &i) in groups.sources.iter().enumerate() {
+            let id = ids[i as usize];
+            if groups.rows.last() != Some(&id) {
+                groups.rows.push(id);
+                groups.starts.push(k);
+            }
+        }
+        groups.starts.push(groups.sources.len());
+        groups
+    }
+
+    /// Number of distinct rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when no row is touched.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn check(&self, n_rows: usize, n_grad_rows: usize, what: &str) -> Result<()> {
+        if let Some(&last) = self.rows.last() {
+            if last as usize >= n_rows {
+                bail!("{what}: row id {last} outside a table of {n_rows} rows");
+            }
+        }
+        if self.sources.iter().any(|&s| s as usize >= n_grad_rows) {
+            bail!("{what}: gradient row out of range (the gradient has {n_grad_rows} rows)");
+        }
+        Ok(())
+    }
+}
+
+/// Splits `data` (rows of `width`) into the mutable rows named by increasing `rows`.
+fn touched_rows<'a>(data: &'a mut [f32], width: usize, rows: &[u32]) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut rest = data;
+    let mut base = 0usize;
+    for &r in rows {
+        let r = r as usize;
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail.split_at_mut((r - base) * width);
+        let (row, tail) = tail.split_at_mut(width);
+        out.push(row);
+        rest = tail;
+        base = r + 1;
+    }
+    out
+}
+
+/// Updates one row's state from its summed gradient `g`.
+#[inline]
+fn update_state_row(rule: &Rule, state: &mut [f32], g: &[f32]) {
+    let (a, b) = state.split_at_mut(g.len());
+    match *rule {
+        Rule::AdagradM { lr, momentum, eps } => {
+            for ((acc, mom), &g) in a.iter_mut().zip(b.iter_mut()).zip(g) {
+                *acc += g * g;
+                *mom = momentum * *mom - lr * g / (*acc + eps).sqrt();
+            }
+        }
+        Rule::Adam { beta1, beta2, .. } => {
+            for ((m, v), &g) in a.iter_mut().zip(b.iter_mut()).zip(g) {
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+            }
+        }
+    }
+}
+
+/// Adds one row's step (read from its state) to the parameter row `p`.
+#[inline]
+fn apply_row(rule: &Rule, p: &mut [f32], state: &[f32]) {
+    let (a, b) = state.split_at(p.len());
+    match *rule {
+        Rule::AdagradM { .. } => {
+            for (p, &step) in p.iter_mut().zip(b) {
+                *p += step;
+            }
+        }
+        Rule::Adam { lr, beta1, beta2, eps, t } => {
+            let c1 = 1.0 / (1.0 - beta1.powi(t.min(i32::MAX as u64) as i32));
+            let c2 = 1.0 / (1.0 - beta2.powi(t.min(i32::MAX as u64) as i32));
+            for ((p, &m), &v) in p.iter_mut().zip(a).zip(b) {
+                *p -= lr * (m * c1) / ((v * c2).sqrt() + eps);
+            }
+        }
+    }
+}
+
+/// Rows per rayon task: enough work per task to amortise scheduling.
+fn rows_per_task(width: usize) -> usize {
+    (16_384 / width.max(1)).max(1)
+}
+
+/// CPU reference of a sparse state update: `state` is `[n_rows, 2 · width]`,
+/// `grad` is `[n_grad_rows, width]`, `groups` groups the gradient rows by row id.
+pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], width: usize, groups: &RowGroups) {
+    let rows = touched_rows(state, 2 * width, &groups.rows);
+    let chunk = rows_per_task(width);
+    let mut rows = rows;
+    rows.par_chunks_mut(chunk).enumerate().for_each(|(c, rows)| {
+        let mut sum = vec![0f32; width];
+        for (k, row) in rows.iter_mut().enumerate() {
+            let g = c * chunk + k;
+            let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
+            let first = sources[0] as usize * width;
+            sum.copy_from_slice(&grad[first..first + width]);
+            for &s in &sources[1..] {
+                let s = s as usize * width;
+                for (acc, &x) in sum.iter_mut().zip(&grad[s..s + width]) {
+                    *acc += x;
+                }
+            }
+            update_state_row(rule, row, &sum);
+        }
+    });
+}
+
+/// CPU reference of a sparse parameter step over the rows of `groups`.
+pub fn sparse_apply_cpu(rule: &Rule, param: &mut [f32], state: &[f32], width: usize, groups: &RowGroups) {
+    let mut rows = touched_rows(param, width, &groups.rows);
+    let chunk = rows_per_task(width);
+    rows.par_chunks_mut(chunk).enumerate().for_each(|(c, rows)| {
+        for (k, row) in rows.iter_mut().enumerate() {
+            let r = groups.rows[c * chunk + k] as usize;
+            apply_row(rule, row, &state[r * 2 * width..(r + 1) * 2 * width]);
+        }
+    });
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { bail!("{what}: expected an f32 tensor") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else { bail!("{what}: expected an f32 tensor") };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// In-place op on a state tensor: reads a gradient and updates the state.
+#[derive(Debug)]
+pub struct StateUpdate<'a> {
+    /// The rule.
+    pub rule: Rule,
+    /// Sparse: the grouped row ids of the gradient rows; `None`: dense.
+    pub groups: Option<&'a RowGroups>,
+}
+
+impl InplaceOp2 for StateUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "optimiser-state-update"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<()> {
+        let what = self.name();
+        let grad = f32_slice(gs, gl, what)?;
+        let state = f32_slice_mut(dst, dst_l, what)?;
+        match self.groups {
+            Some(groups) => {
+                let dims = gl.dims();
+                let (n_grad, width) = (dims[0], dims[1..].iter().product::<usize>());
+                let n_rows = state.len() / (2 * width).max(1);
+                if state.len() != n_rows * 2 * width {
+                    bail!("{what}: state of {} elements is not [rows, 2 · {width}]", state.len());
+                }
+                groups.check(n_rows, n_grad, what)?;
+                sparse_state_update_cpu(&self.rule, state, grad, width, groups);
+            }
+            None => {
+                if state.len() != 2 * grad.len() {
+                    bail!("{what}: state of {} elements for a gradient of {}", state.len(), grad.len());
+                }
+                let (a, b) = state.split_at_mut(grad.len());
+                a.par_chunks_mut(16_384).zip(b.par_chunks_mut(16_384)).zip(grad.par_chunks(16_384)).for_each(
+                    |((a, b), g)| {
+                        let mut row = Vec::with_capacity(2 * g.len());
+                        row.extend_from_slice(a);
+                        row.extend_from_slice(b);
+                        update_state_row(&self.rule, &mut row, g);
+                        a.copy_from_slice(&row[..g.len()]);
+                        b.copy_from_slice(&row[g.len()..]);
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// In-place op on a parameter: adds the step held in (or computed from) its state.
+#[derive(Debug)]
+pub struct ApplyStep<'a> {
+    /// The rule.
+    pub rule: Rule,
+    /// Sparse: the rows to update; `None`: every element.
+    pub groups: Option<&'a RowGroups>,
+}
+
+impl InplaceOp2 for ApplyStep<'_> {
+    fn name(&self) -> &'static str {
+        "optimiser-apply-step"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, ss: &CpuStorage, sl: &Layout) -> Result<()> {
+        let what = self.name();
+        let state = f32_slice(ss, sl, what)?;
+        let dims = dst_l.dims().to_vec();
+        let param = f32_slice_mut(dst, dst_l, what)?;
+        if state.len() != 2 * param.len() {
+            bail!("{what}: state of {} elements for a parameter of {}", state.len(), param.len());
+        }
+        match self.groups {
+            Some(groups) => {
+                let width = dims[1..].iter().product::<usize>();
+                groups.check(dims[0], usize::MAX, what)?;
+                sparse_apply_cpu(&self.rule, param, state, width, groups);
+            }
+            None => {
+                let n = param.len();
+                let (a, b) = state.split_at(n);
+                param.par_chunks_mut(16_384).zip(a.par_chunks(16_384)).zip(b.par_chunks(16_384)).for_each(
+                    |((p, a), b)| {
+                        let mut row = Vec::with_capacity(2 * p.len());
+                        row.extend_from_slice(a);
+                        row.extend_from_slice(b);
+                        apply_row(&self.rule, p, &row);
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Updates `param` (dense) from `grad` with `state` (`[2 · numel]` elements).
+///
+/// # Errors
+/// Shapes that do not fit, a non-f32 or non-contiguous tensor, or a device
+/// without an implementation.
+pub fn dense_step(rule: Rule, param: &Tensor, state: &Tensor, grad: &Tensor) -> Result<()> {
+    state.inplace_op2(grad, &StateUpdate { rule, groups: None })?;
+    param.inplace_op2(state, &ApplyStep { rule, groups: None })
+}
+
+/// Updates the rows of `param` (`[rows, width]`) named by `groups` from the
+/// gradient rows `grad` (`[k, width]`, grouped by `groups`), with `state`
+/// (`[rows, 2 · width]`). Other rows are untouched.
+///
+/// # Errors
+/// As [`dense_step`], and row ids out of range.
+pub fn sparse_step(rule: Rule, param: &Tensor, state: &Tensor, grad: &Tensor, groups: &RowGroups) -> Result<()> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    state.inplace_op2(grad, &StateUpdate { rule, groups: Some(groups) })?;
+    param.inplace_op2(state, &ApplyStep { rule, groups: Some(groups) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Straightforward f64 AdagradM over a dense table, one step, duplicates summed.
+    fn reference_adagrad(
+        param: &mut [f64],
+        acc: &mut [f64],
+        mom: &mut [f64],
+        width: usize,
+        ids: &[u32],
+        grad: &[f32],
+        (lr, mu, eps): (f64, f64, f64),
+    ) {
+        let rows = param.len() / width;
+        let mut summed = vec![0f64; param.len()];
+        let mut touched = vec![false; rows];
+        for (k, &id) in ids.iter().enumerate() {
+            touched[id as usize] = true;
+            for j in 0..width {
+                summed[id as usize * width + j] += f64::from(grad[k * width + j]);
+            }
+        }
+        for r in (0..rows).filter(|&r| touched[r]) {
+            for j in r * width..(r + 1) * width {
+                acc[j] += summed[j] * summed[j];
+                mom[j] = mu * mom[j] - lr * summed[j] / (acc[j] + eps).sqrt();
+                param[j] += mom[j];
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_adagrad_matches_reference_and_leaves_other_rows() {
+        let (rows, width) = (50usize, 7usize);
+        let dev = Device::Cpu;
+        let init = values(rows * width, 1);
+        let param = Tensor::from_vec(init.clone(), (rows, width), &dev).unwrap();
+        let state = Tensor::zeros((rows, 2 * width), candle_core::DType::F32, &dev).unwrap();
+        let mut p64: Vec<f64> = init.iter().map(|&x| f64::from(x)).collect();
+        let (mut acc, mut mom) = (vec![0f64; rows * width], vec![0f64; rows * width]);
+        let rule = Rule::AdagradM { lr: 0.1, momentum: 0.5, eps: 1e-6 };
+        for step in 0..4u64 {
+            // repeated ids on purpose, and some rows never named.
+            let ids: Vec<u32> = vec![3, 17, 3, 49, 0, 17, 3, (step * 5) as u32];
+            let grad = values(ids.len() * width, 10 + step);
+            let groups = RowGroups::new(&ids);
+            let g = Tensor::from_vec(grad.clone(), (ids.len(), width), &dev).unwrap();
+            sparse_step(rule, &param, &state, &g, &groups).unwrap();
+            reference_adagrad(&mut p64, &mut acc, &mut mom, width, &ids, &grad, (0.1, 0.5, 1e-6));
+        }
+        let got = param.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (j, (&g, &want)) in got.iter().zip(&p64).enumerate() {
+            assert!((f64::from(g) - want).abs() < 1e-5, "element {j}: {g} vs {want}");
+        }
+        // rows never named are bit-identical to their start.
+        for r in [1usize, 2, 30, 48] {
+            assert_eq!(&got[r * width..(r + 1) * width], &init[r * width..(r + 1) * width]);
+        }
+    }
+
+    #[test]
+    fn dense_adagrad_equals_sparse_over_all_rows() {
+        let (rows, width) = (9usize, 5usize);
+        let dev = Device::Cpu;
+        let init = values(rows * width, 3);
+        let grad = values(rows * width, 4);
+        let rule = Rule::AdagradM { lr: 0.05, momentum: 0.3, eps: 1e-6 };
+        let a = Tensor::from_vec(init.clone(), (rows, width), &dev).unwrap();
+        let sa = Tensor::zeros((rows, 2 * width), candle_core::DType::F32, &dev).unwrap();
+        let b = Tensor::from_vec(init, (rows, width), &dev).unwrap();
+        let sb = Tensor::zeros(2 * rows * width, candle_core::DType::F32, &dev).unwrap();
+        let g = Tensor::from_vec(grad, (rows, width), &dev).unwrap();
+        let ids: Vec<u32> = (0..rows as u32).collect();
+        for _ in 0..3 {
+            sparse_step(rule, &a, &sa, &g, &RowGroups::new(&ids)).unwrap();
+            dense_step(rule, &b, &sb, &g).unwrap();
+        }
+        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn adam_matches_its_definition() {
+        let dev = Device::Cpu;
+        let (lr, b1, b2, eps) = (0.01f64, 0.9f64, 0.999f64, 1e-8f64);
+        let init = values(6, 5);
+        let p = Tensor::from_vec(init.clone(), 6, &dev).unwrap();
+        let s = Tensor::zeros(12, candle_core::DType::F32, &dev).unwrap();
+        let mut want: Vec<f64> = init.iter().map(|&x| f64::from(x)).collect();
+        let (mut m, mut v) = (vec![0f64; 6], vec![0f64; 6]);
+        for t in 1..=5u64 {
+            let g = values(6, 20 + t);
+            let rule = Rule::Adam { lr: lr as f32, beta1: b1 as f32, beta2: b2 as f32, eps: eps as f32, t };
+            dense_step(rule, &p, &s, &Tensor::from_vec(g.clone(), 6, &dev).unwrap()).unwrap();
+            for j in 0..6 {
+                let gj = f64::from(g[j]);
+                m[j] = b1 * m[j] + (1.0 - b1) * gj;
+                v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;
+                let mh = m[j] / (1.0 - b1.powi(t as i32));
+                let vh = v[j] / (1.0 - b2.powi(t as i32));
+                want[j] -= lr * mh / (vh.sqrt() + eps);
+            }
+        }
+        let got = p.to_vec1::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_rows_are_errors_not_panics() {
+        let dev = Device::Cpu;
+        let p = Tensor::zeros((4, 2), candle_core::DType::F32, &dev).unwrap();
+        let s = Tensor::zeros((4, 4), candle_core::DType::F32, &dev).unwrap();
+        let g = Tensor::zeros((1, 2), candle_core::DType::F32, &dev).unwrap();
+        let rule = Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 };
+        let err = sparse_step(rule, &p, &s, &g, &RowGroups::new(&[4])).unwrap_err();
+        assert!(err.to_string().contains("row id 4 outside a table of 4 rows"), "{err}");
+    }
+
+    #[test]
+    fn groups_sum_repeats_in_order() {
+        let g = RowGroups::new(&[5, 2, 5, 9, 2]);
+        assert_eq!(g.rows, vec![2, 5, 9]);
+        assert_eq!(g.starts, vec![0, 2, 4, 5]);
+        assert_eq!(g.sources, vec![1, 4, 0, 2, 3]);
+    }
+}

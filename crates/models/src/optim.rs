@@ -1,0 +1,108 @@
+//! Optimisers over named parameters: GRU4Rec's Adagrad with momentum and
+//! Adam, dense or sparse (only the rows of an item table a step touched),
+//! running the in-place ops of [`seqrec_kernels::optim`].
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+use seqrec_kernels::optim::{dense_step, sparse_step, RowGroups, Rule};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Which optimiser, with its settings; serde as `optimizer = "adagrad"` plus keys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Adagrad with momentum (GRU4Rec's; accumulator from 0, ε = 1e-6).
+    Adagrad,
+    /// Adam (β1 0.9, β2 0.999, ε 1e-8), lazy on sparse rows.
+    Adam,
+}
+
+/// Optimiser state: one state tensor per parameter name.
+#[derive(Debug)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    lr: f32,
+    momentum: f32,
+    step: u64,
+    states: BTreeMap<String, Tensor>,
+}
+
+impl Optimizer {
+    /// A fresh optimiser (every state zero).
+    ///
+    /// # Errors
+    /// A learning rate that is not positive and finite, or a momentum outside `[0, 1)`.
+    pub fn new(kind: OptimizerKind, lr: f32, momentum: f32) -> Result<Self> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(ModelError::Invalid(format!("learning_rate: found {lr}, expected a positive number")));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(ModelError::Invalid(format!("momentum: found {momentum}, expected a value in [0, 1)")));
+        }
+        Ok(Optimizer { kind, lr, momentum, step: 0, states: BTreeMap::new() })
+    }
+
+    /// Starts a step (Adam's bias correction counts steps).
+    pub fn begin_step(&mut self) {
+        self.step += 1;
+    }
+
+    /// Number of steps begun.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    fn rule(&self) -> Rule {
+        match self.kind {
+            OptimizerKind::Adagrad => Rule::AdagradM { lr: self.lr, momentum: self.momentum, eps: 1e-6 },
+            OptimizerKind::Adam => Rule::Adam { lr: self.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: self.step.max(1) },
+        }
+    }
+
+    fn state(&mut self, name: &str, param: &Tensor, sparse: bool) -> Result<Tensor> {
+        if let Some(s) = self.states.get(name) {
+            return Ok(s.clone());
+        }
+        let state = if sparse {
+            let (rows, width) = param.dims2()?;
+            Tensor::zeros((rows, 2 * width), DType::F32, param.device())?
+        } else {
+            Tensor::zeros(2 * param.elem_count(), DType::F32, param.device())?
+        };
+        self.states.insert(name.to_owned(), state.clone());
+        Ok(state)
+    }
+
+    /// Updates a dense parameter from its gradient.
+    ///
+    /// # Errors
+    /// Shape mismatches or a failing op.
+    pub fn dense(&mut self, name: &str, param: &Tensor, grad: &Tensor) -> Result<()> {
+        let state = self.state(name, param, false)?;
+        Ok(dense_step(self.rule(), param, &state, &grad.contiguous()?)?)
+    }
+
+    /// Updates the rows of `param` named by `ids` (repeats summed) from the gradient rows `grad`.
+    ///
+    /// # Errors
+    /// Shape mismatches, ids out of range or a failing op.
+    pub fn sparse(&mut self, name: &str, param: &Tensor, grad: &Tensor, ids: &[u32]) -> Result<()> {
+        let state = self.state(name, param, true)?;
+        let groups = RowGroups::new(ids);
+        Ok(sparse_step(self.rule(), param, &state, &grad.contiguous()?, &groups)?)
+    }
+
+    /// The state tensors by parameter name, and the step count (for checkpoints).
+    pub fn states(&self) -> (&BTreeMap<String, Tensor>, u64) {
+        (&self.states, self.step)
+    }
+
+    /// Restores states and the step count saved by [`Optimizer::states`].
+    pub fn restore(&mut self, states: BTreeMap<String, Tensor>, step: u64) {
+        self.states = states;
+        self.step = step;
+    }
+}
