@@ -5,5 +5,7 @@
 //! - [`optim`]: Adagrad-with-momentum and Adam updates, dense and sparse
 //!   (only the touched rows of an embedding or output table, repeated row ids
 //!   summed first), as in-place candle ops.
+//! - [`loss`]: GRU4Rec's sampled-output losses fused into one op (forward and gradient).
 
+pub mod loss;
 pub mod optim;

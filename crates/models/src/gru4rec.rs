@@ -34,7 +34,7 @@ use seqrec_data::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::loss::{sampled_loss, Loss};
+use crate::loss::{fused_sampled_loss, Loss};
 use crate::next_item::SessionScorer;
 use crate::optim::Optimizer;
 
@@ -83,19 +83,15 @@ impl FinalAct {
         }
     }
 
-    fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match *self {
-            FinalAct::Linear => x.clone(),
-            FinalAct::Relu => x.relu()?,
-            FinalAct::Tanh => x.tanh()?,
-            FinalAct::Leaky(a) => {
-                // max(x, 0) + a · min(x, 0)
-                let pos = x.relu()?;
-                let neg = (x - &pos)?;
-                (pos + neg.affine(f64::from(a), 0.0)?)?
-            }
-            FinalAct::Elu(a) => x.elu(f64::from(a))?,
-        })
+    fn kernel_act(&self) -> seqrec_kernels::loss::Act {
+        use seqrec_kernels::loss::Act;
+        match *self {
+            FinalAct::Linear => Act::Linear,
+            FinalAct::Relu => Act::Relu,
+            FinalAct::Tanh => Act::Tanh,
+            FinalAct::Leaky(a) => Act::Leaky(a),
+            FinalAct::Elu(a) => Act::Elu(a),
+        }
     }
 }
 
@@ -392,13 +388,11 @@ impl Gru4Rec {
             None => (x_leaf.narrow(0, 0, rows)?, x_leaf.narrow(0, rows, out_ids.len())?),
         };
         let h = self.layers_forward(&x0, state, Some(dropout_rng))?;
-        let scores = h.matmul(&o.t()?)?.broadcast_add(&b_leaf.as_tensor().t()?)?;
-        let scores = self.shape.final_act.apply(&scores)?;
-        let log_pop = match batch.log_pop {
-            Some(lp) if cfg.logq > 0.0 => Some(Tensor::from_slice(lp, lp.len(), &self.device)?),
-            _ => None,
-        };
-        let loss = sampled_loss(&scores, &cfg.loss, log_pop.as_ref(), cfg.logq, cfg.batch_size)?;
+        // act(h·Oᵀ + b) and the loss in one op: nothing of size [B, B + S] besides the product.
+        let scores = h.matmul(&o.t()?)?;
+        let bias = b_leaf.as_tensor().squeeze(1)?;
+        let act = self.shape.final_act.kernel_act();
+        let loss = fused_sampled_loss(&scores, &bias, act, &cfg.loss, batch.log_pop, cfg.logq, cfg.batch_size)?;
         let value = loss.to_scalar::<f32>()?;
         let grads = loss.backward()?;
         opt.begin_step();

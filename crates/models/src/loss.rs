@@ -132,6 +132,42 @@ pub fn sampled_loss(
     per_row.sum_all()?.affine(1.0 / batch_size as f64, 0.0)
 }
 
+/// [`sampled_loss`] of `act(scores + bias)` as one fused op
+/// (`seqrec_kernels::loss`): the same value and gradients (of the scores and
+/// of the `[cols]` bias) from one pass over the scores instead of a graph of
+/// a dozen tensor ops over `[B, B + S]`. `log_pop` holds one value per
+/// column; it is used when `logq > 0`.
+///
+/// # Errors
+/// As [`sampled_loss`].
+pub fn fused_sampled_loss(
+    scores: &Tensor,
+    bias: &Tensor,
+    act: seqrec_kernels::loss::Act,
+    loss: &Loss,
+    log_pop: Option<&[f32]>,
+    logq: f32,
+    batch_size: usize,
+) -> Result<Tensor> {
+    use seqrec_kernels::loss::{LossKind, SampledLoss};
+    let kind = match *loss {
+        Loss::CrossEntropy => LossKind::CrossEntropy,
+        Loss::Top1 => LossKind::Top1,
+        Loss::Bpr => LossKind::Bpr,
+        Loss::Top1Max => LossKind::Top1Max,
+        Loss::BprMax { bpreg } => LossKind::BprMax(bpreg),
+    };
+    let log_pop = if logq > 0.0 {
+        let Some(lp) = log_pop else {
+            bail!("sampled loss: found logq = {logq} without log popularities, expected both");
+        };
+        Some((lp.to_vec(), logq))
+    } else {
+        None
+    };
+    scores.contiguous()?.apply_op2(&bias.contiguous()?, SampledLoss::new(kind, act, log_pop, batch_size))
+}
+
 /// Scores after the logQ correction `R − logq · log_pop`, or the scores unchanged.
 fn corrected_scores(scores: &Tensor, log_pop: Option<&Tensor>, logq: f32) -> Result<Tensor> {
     if logq <= 0.0 {
@@ -379,6 +415,47 @@ mod tests {
                             grad[i][j]
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_op_matches_the_tensor_definition_in_value_and_gradient() {
+        let (rows, cols) = (5usize, 12usize);
+        let scores = random_scores(rows, cols, 77);
+        let lp: Vec<f32> = (0..cols).map(|j| -((j % 5) as f32) * 0.7 - 0.1).collect();
+        for loss in ALL {
+            for logq in [0.0f32, 0.8] {
+                let grads_of = |fused: bool| {
+                    use seqrec_kernels::loss::Act;
+                    let v = Var::from_tensor(&tensor(&scores, DType::F32)).unwrap();
+                    let bias: Vec<f32> = (0..cols).map(|j| (j as f32 * 0.37).sin() * 0.5).collect();
+                    let b = Var::from_tensor(&Tensor::new(bias.as_slice(), &Device::Cpu).unwrap()).unwrap();
+                    let act = if logq > 0.0 { Act::Elu(0.5) } else { Act::Linear };
+                    let l = if fused {
+                        fused_sampled_loss(v.as_tensor(), b.as_tensor(), act, &loss, Some(&lp), logq, 8).unwrap()
+                    } else {
+                        let lpt = Tensor::new(lp.as_slice(), &Device::Cpu).unwrap();
+                        let mut x = v.as_tensor().broadcast_add(&b.as_tensor().unsqueeze(0).unwrap()).unwrap();
+                        if act != Act::Linear {
+                            x = x.elu(0.5).unwrap();
+                        }
+                        sampled_loss(&x, &loss, Some(&lpt), logq, 8).unwrap()
+                    };
+                    let value = l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+                    let grads = l.backward().unwrap();
+                    let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap();
+                    let gb = grads.get(b.as_tensor()).unwrap();
+                    let mut all = g.to_vec1::<f32>().unwrap();
+                    all.extend(gb.to_vec1::<f32>().unwrap());
+                    (value, all)
+                };
+                let (want, want_g) = grads_of(false);
+                let (got, got_g) = grads_of(true);
+                assert!((want - got).abs() < 1e-5 * want.abs().max(1.0), "{loss:?} logq {logq}: {got} vs {want}");
+                for (a, b) in got_g.iter().zip(&want_g) {
+                    assert!((a - b).abs() < 1e-5, "{loss:?} logq {logq}: gradient {a} vs {b}");
                 }
             }
         }

@@ -1,0 +1,331 @@
+//! Fused sampled-output loss of GRU4Rec: the scores of `[targets ‖ samples]`
+//! (`[B, B + S]`, positives on the diagonal) → the loss and its gradient in
+//! one pass per row, as a candle custom op with its backward.
+//!
+//! The definitions are those of `seqrec_models::loss::sampled_loss` (the
+//! readable tensor version, which the tests of `seqrec-models` compare this
+//! op against): scores first become `r = s − logq · log_pop[column]`; per row
+//! `i` with N columns and σ' = σ(1 − σ):
+//!
+//! - cross-entropy: `L = −log(p_i + ε)`, `p = softmax(r)`;
+//!   `∂L/∂r_j = −p_i/(p_i + ε) · (δ_ij − p_j)`.
+//! - TOP1: `L = (Σ_j σ(r_j − r_i) + σ(r_j²) − σ(r_i²)) / N`.
+//! - BPR: `L = −Σ_j log σ(r_i − r_j) / N`.
+//! - TOP1-max: `w = softmax` over the negatives, `L = Σ_j w_j (σ(r_j − r_i) + σ(r_j²))`.
+//! - BPR-max: `L = −log(Σ_j w_j σ(r_i − r_j) + ε) + bpreg · Σ_j w_j r_j²`.
+//!
+//! The rows' sum is divided by the configured batch size.
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// ε inside the logarithms (the authors' value).
+pub const LOG_EPSILON: f64 = 1e-24;
+
+/// Which loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossKind {
+    /// Softmax cross-entropy.
+    CrossEntropy,
+    /// TOP1.
+    Top1,
+    /// BPR.
+    Bpr,
+    /// TOP1-max.
+    Top1Max,
+    /// BPR-max with its score regulariser weight.
+    BprMax(f32),
+}
+
+/// Final activation applied to `scores + bias` before the loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    /// Identity.
+    Linear,
+    /// max(x, 0).
+    Relu,
+    /// tanh.
+    Tanh,
+    /// x, or a·x below 0.
+    Leaky(f32),
+    /// x, or a·(eˣ − 1) below 0.
+    Elu(f32),
+}
+
+impl Act {
+    /// The activation and its derivative at `x`.
+    #[inline]
+    fn eval(self, x: f64) -> (f64, f64) {
+        match self {
+            Act::Linear => (x, 1.0),
+            Act::Relu => {
+                if x > 0.0 {
+                    (x, 1.0)
+                } else {
+                    (0.0, 0.0)
+                }
+            }
+            Act::Tanh => {
+                let t = x.tanh();
+                (t, 1.0 - t * t)
+            }
+            Act::Leaky(a) => {
+                if x >= 0.0 {
+                    (x, 1.0)
+                } else {
+                    (f64::from(a) * x, f64::from(a))
+                }
+            }
+            Act::Elu(a) => {
+                if x >= 0.0 {
+                    (x, 1.0)
+                } else {
+                    let e = x.exp();
+                    (f64::from(a) * (e - 1.0), f64::from(a) * e)
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(x: f64) -> f64 {
+    0.5 * (0.5 * x).tanh() + 0.5
+}
+
+/// Loss of one row `r` (already logQ-corrected) with positive `i`; writes
+/// `∂L/∂r` into `grad` (same length) scaled by `scale`.
+fn row_loss(kind: LossKind, r: &[f64], i: usize, grad: &mut [f32], scale: f64) -> f64 {
+    let n = r.len();
+    let ri = r[i];
+    let nf = n as f64;
+    match kind {
+        LossKind::CrossEntropy => {
+            let max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = r.iter().map(|&x| (x - max).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let pi = e[i] / total;
+            let c = -pi / (pi + LOG_EPSILON);
+            for (j, g) in grad.iter_mut().enumerate() {
+                let pj = e[j] / total;
+                let d = if j == i { 1.0 - pj } else { -pj };
+                *g = (scale * c * d) as f32;
+            }
+            -(pi + LOG_EPSILON).ln()
+        }
+        LossKind::Top1 => {
+            let mut loss = 0.0;
+            let mut gi = 0.0;
+            for (j, g) in grad.iter_mut().enumerate() {
+                let a = sigmoid(r[j] - ri);
+                let b = sigmoid(r[j] * r[j]);
+                loss += a + b;
+                if j != i {
+                    *g = (scale * (a * (1.0 - a) + b * (1.0 - b) * 2.0 * r[j]) / nf) as f32;
+                    gi -= a * (1.0 - a);
+                }
+            }
+            grad[i] = (scale * gi / nf) as f32;
+            (loss - sigmoid(ri * ri)) / nf
+        }
+        LossKind::Bpr => {
+            let mut loss = 0.0;
+            let mut gi = 0.0;
+            for (j, g) in grad.iter_mut().enumerate() {
+                let m = ri - r[j];
+                // log σ(m) = min(m, 0) − log(1 + e^−|m|)
+                loss -= m.min(0.0) - (-m.abs()).exp().ln_1p();
+                if j != i {
+                    let s = sigmoid(-m);
+                    *g = (scale * s / nf) as f32;
+                    gi -= s;
+                }
+            }
+            grad[i] = (scale * gi / nf) as f32;
+            loss / nf
+        }
+        LossKind::Top1Max | LossKind::BprMax(_) => {
+            let max = r.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &x)| x).fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = r.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, &x)| (x - max).exp()).sum();
+            let w = |j: usize| if j == i { 0.0 } else { (r[j] - max).exp() / total };
+            match kind {
+                LossKind::Top1Max => {
+                    let t = |j: usize| sigmoid(r[j] - ri) + sigmoid(r[j] * r[j]);
+                    let loss: f64 = (0..n).map(|j| w(j) * t(j)).sum();
+                    let mut gi = 0.0;
+                    for (j, g) in grad.iter_mut().enumerate() {
+                        if j == i {
+                            continue;
+                        }
+                        let (wj, a, b) = (w(j), sigmoid(r[j] - ri), sigmoid(r[j] * r[j]));
+                        *g = (scale * (wj * (t(j) - loss) + wj * (a * (1.0 - a) + b * (1.0 - b) * 2.0 * r[j]))) as f32;
+                        gi -= wj * a * (1.0 - a);
+                    }
+                    grad[i] = (scale * gi) as f32;
+                    loss
+                }
+                _ => {
+                    let LossKind::BprMax(bpreg) = kind else { unreachable!() };
+                    let lambda = f64::from(bpreg);
+                    let s = |j: usize| sigmoid(ri - r[j]);
+                    let a: f64 = (0..n).map(|j| w(j) * s(j)).sum();
+                    let reg: f64 = (0..n).map(|j| w(j) * r[j] * r[j]).sum();
+                    let mut gi_a = 0.0;
+                    for (j, g) in grad.iter_mut().enumerate() {
+                        if j == i {
+                            continue;
+                        }
+                        let (wj, sj) = (w(j), s(j));
+                        let da = wj * (sj - a) - wj * sj * (1.0 - sj);
+                        let dr = wj * (r[j] * r[j] - reg) + 2.0 * wj * r[j];
+                        *g = (scale * (-da / (a + LOG_EPSILON) + lambda * dr)) as f32;
+                        gi_a += wj * sj * (1.0 - sj);
+                    }
+                    grad[i] = (scale * (-gi_a / (a + LOG_EPSILON))) as f32;
+                    -(a + LOG_EPSILON).ln() + lambda * reg
+                }
+            }
+        }
+    }
+}
+
+/// The settings of one fused loss evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct LossSpec<'a> {
+    /// Which loss.
+    pub kind: LossKind,
+    /// Final activation of `scores + bias`.
+    pub act: Act,
+    /// log popularity per column and the logQ weight, when logQ is on.
+    pub log_pop: Option<(&'a [f32], f32)>,
+    /// The configured batch size.
+    pub batch_size: usize,
+}
+
+/// CPU reference: the loss of `act(scores + bias)` (`scores` is `rows × cols`
+/// row-major, `bias` one value per column or empty) and its gradient with
+/// respect to the scores (same layout; the bias's gradient is its column sums).
+pub fn sampled_loss_cpu(spec: &LossSpec<'_>, scores: &[f32], bias: &[f32], cols: usize, grad: &mut [f32]) -> f64 {
+    let scale = 1.0 / spec.batch_size as f64;
+    if cols <= 1 {
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        return 0.0;
+    }
+    let losses: Vec<f64> = scores
+        .par_chunks(cols)
+        .zip(grad.par_chunks_mut(cols))
+        .enumerate()
+        .map(|(i, (s, g))| {
+            let mut r = Vec::with_capacity(cols);
+            let mut dact = Vec::with_capacity(cols);
+            for (j, &x) in s.iter().enumerate() {
+                let x = f64::from(x) + bias.get(j).map_or(0.0, |&b| f64::from(b));
+                let (y, d) = spec.act.eval(x);
+                let shift = spec.log_pop.map_or(0.0, |(lp, q)| f64::from(q) * f64::from(lp[j]));
+                r.push(y - shift);
+                dact.push(d);
+            }
+            let loss = row_loss(spec.kind, &r, i, g, scale);
+            if spec.act != Act::Linear {
+                for (g, d) in g.iter_mut().zip(&dact) {
+                    *g = (f64::from(*g) * d) as f32;
+                }
+            }
+            loss
+        })
+        .collect();
+    losses.iter().sum::<f64>() * scale
+}
+
+/// The fused loss as a candle op: `scores.apply_op2(&bias, op)` (`bias`
+/// `[cols]`) gives the scalar loss of `act(scores + bias)`, and
+/// backpropagation the gradients of both.
+///
+/// The forward pass computes the gradient too and keeps it for the backward
+/// pass, so the scores are read once.
+#[derive(Debug)]
+pub struct SampledLoss {
+    /// Which loss.
+    pub kind: LossKind,
+    /// Final activation.
+    pub act: Act,
+    /// log popularity per column and the logQ weight, when logQ is on.
+    pub log_pop: Option<(Vec<f32>, f32)>,
+    /// The configured batch size.
+    pub batch_size: usize,
+    kept: std::sync::Mutex<Option<(Vec<f32>, usize, usize)>>,
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else { bail!("sampled loss: expected f32 {what}") };
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("sampled loss: expected contiguous {what}") };
+    Ok(&v[a..b])
+}
+
+impl SampledLoss {
+    /// The op for one score matrix.
+    pub fn new(kind: LossKind, act: Act, log_pop: Option<(Vec<f32>, f32)>, batch_size: usize) -> Self {
+        SampledLoss { kind, act, log_pop, batch_size, kept: std::sync::Mutex::new(None) }
+    }
+
+    fn run(&self, s: &CpuStorage, l: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(f64, Vec<f32>, usize, usize)> {
+        let v = contiguous_f32(s, l, "scores")?;
+        let bias = contiguous_f32(bs, bl, "bias")?;
+        let &[rows, cols] = l.dims() else { bail!("sampled loss: expected [B, B + S] scores, found {:?}", l.dims()) };
+        if rows == 0 || rows > cols {
+            bail!("sampled loss: found scores of shape [{rows}, {cols}], expected [B, B + S] with B >= 1");
+        }
+        if self.batch_size == 0 {
+            bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
+        }
+        if bias.len() != cols {
+            bail!("sampled loss: found {} biases, expected {cols} (one per column)", bias.len());
+        }
+        if let Some((lp, _)) = &self.log_pop {
+            if lp.len() != cols {
+                bail!("sampled loss: found {} log popularities, expected {cols} (one per column)", lp.len());
+            }
+        }
+        let mut grad = vec![0f32; rows * cols];
+        let spec = LossSpec {
+            kind: self.kind,
+            act: self.act,
+            log_pop: self.log_pop.as_ref().map(|(v, q)| (v.as_slice(), *q)),
+            batch_size: self.batch_size,
+        };
+        let loss = sampled_loss_cpu(&spec, v, bias, cols, &mut grad);
+        Ok((loss, grad, rows, cols))
+    }
+}
+
+impl CustomOp2 for SampledLoss {
+    fn name(&self) -> &'static str {
+        "sampled-loss"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (loss, grad, rows, cols) = self.run(s, l, bs, bl)?;
+        *self.kept.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))? = Some((grad, rows, cols));
+        Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, bias: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let kept = self.kept.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))?.take();
+        let (grad, rows, cols) = match kept {
+            Some(k) => k,
+            None => {
+                let (arg, bias) = (arg.contiguous()?, bias.contiguous()?);
+                let (storage, layout) = arg.storage_and_layout();
+                let (bstorage, blayout) = bias.storage_and_layout();
+                let (candle_core::Storage::Cpu(cpu), candle_core::Storage::Cpu(bcpu)) = (&*storage, &*bstorage) else {
+                    bail!("sampled loss: backward on this device is not implemented")
+                };
+                let (_, grad, rows, cols) = self.run(cpu, layout, bcpu, blayout)?;
+                (grad, rows, cols)
+            }
+        };
+        let g = Tensor::from_vec(grad, (rows, cols), arg.device())?.broadcast_mul(grad_res)?;
+        let gb = g.sum(0)?.reshape(bias.shape())?;
+        Ok((Some(g), Some(gb)))
+    }
+}
