@@ -34,7 +34,7 @@ use seqrec_data::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::loss::{fused_sampled_loss, Loss};
+use crate::loss::{kernel_kind, Loss};
 use crate::next_item::SessionScorer;
 use crate::optim::Optimizer;
 
@@ -368,57 +368,73 @@ impl Gru4Rec {
         out_ids.extend_from_slice(batch.samples);
         let in_t = self.ids(batch.inputs)?;
         let out_t = self.ids(&out_ids)?;
-        // Gathered rows are the leaves: their gradients have the batch's size.
-        let (x_leaf, o_leaf) = match self.shape.input() {
-            Input::Constrained => {
-                let both = Tensor::cat(&[&in_t, &out_t], 0)?;
-                let leaf = Var::from_tensor(&self.wy.index_select(&both, 0)?)?;
-                (leaf, None)
-            }
-            _ => {
-                let table = self.input.as_ref().expect("one-hot and embedding modes have an input table");
-                let x = Var::from_tensor(&table.index_select(&in_t, 0)?)?;
-                let o = Var::from_tensor(&self.wy.index_select(&out_t, 0)?)?;
-                (x, Some(o))
-            }
+        let n_out = out_ids.len();
+        // The gathered input rows are an autograd leaf: their gradient has the batch's size.
+        let input_table = match self.shape.input() {
+            Input::Constrained => &self.wy,
+            _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
         };
-        let b_leaf = Var::from_tensor(&self.by.index_select(&out_t, 0)?)?;
-        let (x0, o) = match &o_leaf {
-            Some(o) => (x_leaf.as_tensor().clone(), o.as_tensor().clone()),
-            None => (x_leaf.narrow(0, 0, rows)?, x_leaf.narrow(0, rows, out_ids.len())?),
+        let x_leaf = Var::from_tensor(&input_table.index_select(&in_t, 0)?)?;
+        let o = self.wy.index_select(&out_t, 0)?;
+        let bias = self.by.index_select(&out_t, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = self.layers_forward(x_leaf.as_tensor(), state, Some(dropout_rng))?;
+        // The output layer by hand: scores, act, loss and their gradients in one
+        // pass (`seqrec_kernels::loss`), then dO = dSᵀ·y and dy = dS·O. Autograd
+        // only sees the GRU, through the surrogate Σ y ⊙ dy.
+        let y_const = y.detach();
+        let scores = y_const.matmul(&o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        let spec = seqrec_kernels::loss::LossSpec {
+            kind: kernel_kind(&cfg.loss),
+            act: self.shape.final_act.kernel_act(),
+            log_pop: match batch.log_pop {
+                Some(lp) if cfg.logq > 0.0 => Some((lp, cfg.logq)),
+                _ => None,
+            },
+            batch_size: cfg.batch_size,
         };
-        let h = self.layers_forward(&x0, state, Some(dropout_rng))?;
-        // act(h·Oᵀ + b) and the loss in one op: nothing of size [B, B + S] besides the product.
-        let scores = h.matmul(&o.t()?)?;
-        let bias = b_leaf.as_tensor().squeeze(1)?;
-        let act = self.shape.final_act.kernel_act();
-        let loss = fused_sampled_loss(&scores, &bias, act, &cfg.loss, batch.log_pop, cfg.logq, cfg.batch_size)?;
-        let value = loss.to_scalar::<f32>()?;
-        let grads = loss.backward()?;
+        if cfg.batch_size == 0 {
+            return Err(ModelError::Invalid("GRU4Rec step: batch size 0, expected the configured batch size".into()));
+        }
+        if let Some((lp, _)) = spec.log_pop {
+            if lp.len() != n_out {
+                let m = format!("GRU4Rec step: {} log popularities for {n_out} output columns", lp.len());
+                return Err(ModelError::Invalid(m));
+            }
+        }
+        let mut d_scores = vec![0f32; rows * n_out];
+        let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores) as f32;
+        let mut d_bias = vec![0f32; n_out];
+        for row in d_scores.chunks(n_out) {
+            for (acc, &g) in d_bias.iter_mut().zip(row) {
+                *acc += g;
+            }
+        }
+        let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
+        let d_o = d_scores.t()?.matmul(&y_const)?;
+        let d_y = d_scores.matmul(&o)?;
+        let grads = (y * d_y)?.sum_all()?.backward()?;
         opt.begin_step();
-        let mut both_ids;
-        match (&o_leaf, self.shape.input()) {
-            (None, _) => {
-                both_ids = batch.inputs.to_vec();
-                both_ids.extend_from_slice(&out_ids);
-                if let Some(g) = grads.get(x_leaf.as_tensor()) {
-                    opt.sparse("wy", &self.wy, g, &both_ids)?;
-                }
+        let d_x = grads.get(x_leaf.as_tensor());
+        match self.shape.input() {
+            Input::Constrained => {
+                let mut ids = batch.inputs.to_vec();
+                ids.extend_from_slice(&out_ids);
+                let g = match d_x {
+                    Some(dx) => Tensor::cat(&[dx, &d_o], 0)?,
+                    None => Tensor::cat(&[&Tensor::zeros((rows, d_o.dim(1)?), DType::F32, &self.device)?, &d_o], 0)?,
+                };
+                opt.sparse("wy", &self.wy, &g, &ids)?;
             }
-            (Some(o), input) => {
+            input => {
                 let name = if input == Input::OneHot { "layer0.wx" } else { "embedding" };
-                let table = self.input.as_ref().expect("checked above");
-                if let Some(g) = grads.get(x_leaf.as_tensor()) {
-                    opt.sparse(name, table, g, batch.inputs)?;
+                if let Some(dx) = d_x {
+                    opt.sparse(name, input_table, dx, batch.inputs)?;
                 }
-                if let Some(g) = grads.get(o.as_tensor()) {
-                    opt.sparse("wy", &self.wy, g, &out_ids)?;
-                }
+                opt.sparse("wy", &self.wy, &d_o, &out_ids)?;
             }
         }
-        if let Some(g) = grads.get(b_leaf.as_tensor()) {
-            opt.sparse("by", &self.by, g, &out_ids)?;
-        }
+        let d_bias = Tensor::from_vec(d_bias, (n_out, 1), &self.device)?;
+        opt.sparse("by", &self.by, &d_bias, &out_ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, var) in layer_vars(layer) {
                 if let Some(g) = grads.get(var.as_tensor()) {

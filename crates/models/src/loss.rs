@@ -149,14 +149,8 @@ pub fn fused_sampled_loss(
     logq: f32,
     batch_size: usize,
 ) -> Result<Tensor> {
-    use seqrec_kernels::loss::{LossKind, SampledLoss};
-    let kind = match *loss {
-        Loss::CrossEntropy => LossKind::CrossEntropy,
-        Loss::Top1 => LossKind::Top1,
-        Loss::Bpr => LossKind::Bpr,
-        Loss::Top1Max => LossKind::Top1Max,
-        Loss::BprMax { bpreg } => LossKind::BprMax(bpreg),
-    };
+    use seqrec_kernels::loss::SampledLoss;
+    let kind = kernel_kind(loss);
     let log_pop = if logq > 0.0 {
         let Some(lp) = log_pop else {
             bail!("sampled loss: found logq = {logq} without log popularities, expected both");
@@ -166,6 +160,18 @@ pub fn fused_sampled_loss(
         None
     };
     scores.contiguous()?.apply_op2(&bias.contiguous()?, SampledLoss::new(kind, act, log_pop, batch_size))
+}
+
+/// The kernel's name for `loss`.
+pub(crate) fn kernel_kind(loss: &Loss) -> seqrec_kernels::loss::LossKind {
+    use seqrec_kernels::loss::LossKind;
+    match *loss {
+        Loss::CrossEntropy => LossKind::CrossEntropy,
+        Loss::Top1 => LossKind::Top1,
+        Loss::Bpr => LossKind::Bpr,
+        Loss::Top1Max => LossKind::Top1Max,
+        Loss::BprMax { bpreg } => LossKind::BprMax(bpreg),
+    }
 }
 
 /// Scores after the logQ correction `R − logq · log_pop`, or the scores unchanged.
