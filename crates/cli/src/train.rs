@@ -81,7 +81,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         if let Some(path) = &a.config {
             let given = Gru4RecConfig::load(path)?;
             if given != cfg {
-                bail!("--resume: {} differs from the run's config.toml; resume uses the run's own config", path.display());
+                bail!(
+                    "--resume: {} differs from the run's config.toml; resume uses the run's own config",
+                    path.display()
+                );
             }
         }
         (cfg, run)

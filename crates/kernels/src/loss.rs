@@ -305,11 +305,18 @@ impl CustomOp2 for SampledLoss {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (loss, grad, rows, cols) = self.run(s, l, bs, bl)?;
-        *self.kept.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))? = Some((grad, rows, cols));
+        *self.kept.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))? =
+            Some((grad, rows, cols));
         Ok((CpuStorage::F32(vec![loss as f32]), Shape::from(())))
     }
 
-    fn bwd(&self, arg: &Tensor, bias: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let kept = self.kept.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))?.take();
         let (grad, rows, cols) = match kept {
             Some(k) => k,

@@ -430,7 +430,8 @@ mod tests {
             sparse_step(rule, &a, &sa, &g, &RowGroups::new(&ids)).unwrap();
             dense_step(rule, &b, &sb, &g).unwrap();
         }
-        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let (a, b) =
+            (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() < 1e-6);
         }

@@ -227,6 +227,17 @@ pub struct TrainBatch<'a> {
     pub log_pop: Option<&'a [f32]>,
 }
 
+/// The gradient of one parameter from [`Gru4Rec::gradients`].
+#[derive(Debug, Clone)]
+pub struct ParamGrad {
+    /// Parameter name (as in [`Gru4Rec::named_tensors`]).
+    pub name: String,
+    /// Dense: the whole gradient; sparse: one row per entry of `rows`.
+    pub grad: Tensor,
+    /// Sparse parameters: the row id of each gradient row (repeats allowed).
+    pub rows: Option<Vec<u32>>,
+}
+
 /// Settings of a training step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepConfig {
@@ -246,7 +257,9 @@ impl Gru4Rec {
     pub fn new(shape: Gru4RecShape, n_ids: usize, seed: u64, device: &Device) -> Result<Self> {
         shape.check()?;
         if n_ids < 2 {
-            return Err(ModelError::Invalid(format!("GRU4Rec: found {n_ids} ids, expected padding and one item at least")));
+            return Err(ModelError::Invalid(format!(
+                "GRU4Rec: found {n_ids} ids, expected padding and one item at least"
+            )));
         }
         let dev = device;
         let mut rng = Rng::fork(seed, 0x6752_7534);
@@ -356,6 +369,35 @@ impl Gru4Rec {
         opt: &mut Optimizer,
         dropout_rng: &mut Rng,
     ) -> Result<f32> {
+        let (value, grads) = self.gradients(batch, state, cfg, dropout_rng)?;
+        opt.begin_step();
+        for g in &grads {
+            let param = self.param(&g.name)?;
+            match &g.rows {
+                Some(ids) => opt.sparse(&g.name, &param, &g.grad, ids)?,
+                None => opt.dense(&g.name, &param, &g.grad)?,
+            }
+        }
+        Ok(value)
+    }
+
+    fn param(&self, name: &str) -> Result<Tensor> {
+        self.named_tensors().remove(name).ok_or_else(|| ModelError::Invalid(format!("GRU4Rec: no parameter `{name}`")))
+    }
+
+    /// The loss of one mini-batch and the gradient of every parameter it
+    /// touches (item tables: only the gathered rows, `rows` naming them,
+    /// repeats not yet summed). `state` is replaced by the new states.
+    ///
+    /// # Errors
+    /// As [`Gru4Rec::train_step`].
+    pub fn gradients(
+        &self,
+        batch: TrainBatch<'_>,
+        state: &mut [Tensor],
+        cfg: &StepConfig,
+        dropout_rng: &mut Rng,
+    ) -> Result<(f32, Vec<ParamGrad>)> {
         let rows = batch.inputs.len();
         if rows == 0 || batch.targets.len() != rows {
             return Err(ModelError::Invalid(format!(
@@ -413,7 +455,7 @@ impl Gru4Rec {
         let d_o = d_scores.t()?.matmul(&y_const)?;
         let d_y = d_scores.matmul(&o)?;
         let grads = (y * d_y)?.sum_all()?.backward()?;
-        opt.begin_step();
+        let mut out = Vec::new();
         let d_x = grads.get(x_leaf.as_tensor());
         match self.shape.input() {
             Input::Constrained => {
@@ -423,26 +465,26 @@ impl Gru4Rec {
                     Some(dx) => Tensor::cat(&[dx, &d_o], 0)?,
                     None => Tensor::cat(&[&Tensor::zeros((rows, d_o.dim(1)?), DType::F32, &self.device)?, &d_o], 0)?,
                 };
-                opt.sparse("wy", &self.wy, &g, &ids)?;
+                out.push(ParamGrad { name: "wy".into(), grad: g, rows: Some(ids) });
             }
             input => {
                 let name = if input == Input::OneHot { "layer0.wx" } else { "embedding" };
                 if let Some(dx) = d_x {
-                    opt.sparse(name, input_table, dx, batch.inputs)?;
+                    out.push(ParamGrad { name: name.into(), grad: dx.clone(), rows: Some(batch.inputs.to_vec()) });
                 }
-                opt.sparse("wy", &self.wy, &d_o, &out_ids)?;
+                out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(out_ids.clone()) });
             }
         }
         let d_bias = Tensor::from_vec(d_bias, (n_out, 1), &self.device)?;
-        opt.sparse("by", &self.by, &d_bias, &out_ids)?;
+        out.push(ParamGrad { name: "by".into(), grad: d_bias, rows: Some(out_ids) });
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, var) in layer_vars(layer) {
                 if let Some(g) = grads.get(var.as_tensor()) {
-                    opt.dense(&format!("layer{i}.{name}"), var.as_tensor(), g)?;
+                    out.push(ParamGrad { name: format!("layer{i}.{name}"), grad: g.clone(), rows: None });
                 }
             }
         }
-        Ok(value)
+        Ok((value, out))
     }
 
     /// Feeds `inputs` (one item per row of `state`) and returns the raw scores
@@ -562,6 +604,17 @@ fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Var)> {
     v
 }
 
+/// Fixes the thread count candle's CPU matmul asks for (`RAYON_NUM_THREADS`)
+/// when unset. Without it candle 0.11 counts the physical cores by reading
+/// `/proc/cpuinfo` on every matrix product, which cost a fifth of a GRU4Rec
+/// training step on a 2-core machine.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// Hidden-state bookkeeping of session-parallel batches: zero the rows that
 /// start a session, keep the rows that continue.
 ///
@@ -627,9 +680,227 @@ impl SessionScorer for Gru4RecScorer<'_> {
         let s = self.model.score_all(inputs, &mut self.state)?;
         let v = s.flatten_all()?.to_vec1::<f32>()?;
         if v.len() != scores.len() {
-            return Err(ModelError::Invalid(format!("GRU4Rec scorer: {} scores for a buffer of {}", v.len(), scores.len())));
+            return Err(ModelError::Invalid(format!(
+                "GRU4Rec scorer: {} scores for a buffer of {}",
+                v.len(),
+                scores.len()
+            )));
         }
         scores.copy_from_slice(&v);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::next_item::{evaluate_sessions, EvalConfig};
+    use seqrec_data::split::Part;
+
+    fn shape(layers: Vec<usize>, embedding: usize, constrained: bool) -> Gru4RecShape {
+        Gru4RecShape {
+            layers,
+            embedding,
+            constrained_embedding: constrained,
+            dropout_p_embed: 0.0,
+            dropout_p_hidden: 0.0,
+            final_act: FinalAct::Linear,
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()
+    }
+
+    fn sig(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    #[test]
+    fn gru_step_is_the_original_form_with_reset_before_the_recurrent_product() {
+        let h = 3usize;
+        let mut model = Gru4Rec::new(shape(vec![h], 0, false), 6, 9, &Device::Cpu).unwrap();
+        // non-zero biases so every term matters.
+        let b: Vec<f32> = (0..3 * h).map(|j| 0.1 * j as f32 - 0.3).collect();
+        model.layers[0].b.set(&Tensor::from_vec(b, 3 * h, &Device::Cpu).unwrap()).unwrap();
+        let p = model.named_tensors();
+        let (wx0, wrz, wh, bias) =
+            (values(&p["layer0.wx"]), values(&p["layer0.wrz"]), values(&p["layer0.wh"]), values(&p["layer0.b"]));
+        let h0 = [0.5f32, -0.25, 0.75];
+        let mut state = vec![Tensor::from_vec(h0.to_vec(), (1, h), &Device::Cpu).unwrap()];
+        let item = 4usize;
+        model.feed(&[item as u32], &mut state).unwrap();
+        let got = values(&state[0]);
+        let hp: Vec<f64> = h0.iter().map(|&x| f64::from(x)).collect();
+        let vx = |g: usize, j: usize| wx0[item * 3 * h + g * h + j] + bias[g * h + j];
+        let uh = |g: usize, j: usize| (0..h).map(|k| hp[k] * wrz[k * 2 * h + g * h + j]).sum::<f64>();
+        let r: Vec<f64> = (0..h).map(|j| sig(vx(1, j) + uh(0, j))).collect();
+        let z: Vec<f64> = (0..h).map(|j| sig(vx(2, j) + uh(1, j))).collect();
+        for j in 0..h {
+            let rec: f64 = (0..h).map(|k| r[k] * hp[k] * wh[k * h + j]).sum();
+            let c = (vx(0, j) + rec).tanh();
+            let want = (1.0 - z[j]) * hp[j] + z[j] * c;
+            assert!((got[j] - want).abs() < 1e-5, "unit {j}: {} vs {want}", got[j]);
+        }
+    }
+
+    #[test]
+    fn glorot_bounds_are_per_gate_block() {
+        let model = Gru4Rec::new(shape(vec![8], 0, false), 40, 1, &Device::Cpu).unwrap();
+        let p = model.named_tensors();
+        let max_abs = |t: &Tensor| values(t).iter().fold(0f64, |m, x| m.max(x.abs()));
+        // input table: [40, 3·8] in blocks of [40, 8] → ±√(6 / 48)
+        let bound = (6.0f64 / 48.0).sqrt();
+        assert!(max_abs(&p["layer0.wx"]) <= bound && max_abs(&p["layer0.wx"]) > 0.8 * bound);
+        // recurrent blocks [8, 8] → ±√(6 / 16)
+        let bound = (6.0f64 / 16.0).sqrt();
+        assert!(max_abs(&p["layer0.wrz"]) <= bound && max_abs(&p["layer0.wrz"]) > 0.7 * bound);
+        assert_eq!(values(&p["by"]).iter().filter(|&&x| x != 0.0).count(), 0);
+    }
+
+    /// Loss of a batch with the model's current parameters (no update).
+    fn loss_of(model: &Gru4Rec, batch: TrainBatch<'_>, state: &[Tensor], cfg: &StepConfig) -> f64 {
+        let mut s = state.to_vec();
+        f64::from(model.gradients(batch, &mut s, cfg, &mut Rng::new(1)).unwrap().0)
+    }
+
+    fn perturb(model: &Gru4Rec, name: &str, index: usize, delta: f32) {
+        let t = model.named_tensors()[name].clone();
+        let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[index] += delta;
+        t.slice_set(&Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap(), 0, 0).unwrap();
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_in_every_input_mode() {
+        let n_ids = 9usize;
+        for (layers, embedding, constrained, loss) in [
+            (vec![4], 0, false, Loss::CrossEntropy),
+            (vec![4, 3], 5, false, Loss::BprMax { bpreg: 0.5 }),
+            (vec![3], 0, true, Loss::Top1Max),
+        ] {
+            let model = Gru4Rec::new(shape(layers.clone(), embedding, constrained), n_ids, 3, &Device::Cpu).unwrap();
+            let state: Vec<Tensor> =
+                model.zero_state(3).unwrap().iter().map(|z| (z.ones_like().unwrap() * 0.3).unwrap()).collect();
+            // item 2 is an input, a target and a sample: its rows get summed gradients.
+            let (inputs, targets, samples) = ([2u32, 5, 7], [3u32, 2, 8], [2u32, 6]);
+            let lp: Vec<f32> = (0..5).map(|j| -(j as f32) * 0.3).collect();
+            let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: Some(&lp) };
+            let cfg = StepConfig { loss, logq: 0.5, batch_size: 4 };
+            let mut s = state.clone();
+            let (_, grads) = model.gradients(batch, &mut s, &cfg, &mut Rng::new(1)).unwrap();
+            for g in &grads {
+                let shape = model.named_tensors()[&g.name].dims().to_vec();
+                let width: usize = shape[1..].iter().product::<usize>().max(1);
+                // dense gradient of the whole parameter, repeats summed.
+                let mut dense = vec![0f64; shape.iter().product()];
+                let gv = values(&g.grad);
+                match &g.rows {
+                    Some(ids) => {
+                        for (k, &id) in ids.iter().enumerate() {
+                            for j in 0..width {
+                                dense[id as usize * width + j] += gv[k * width + j];
+                            }
+                        }
+                    }
+                    None => dense.copy_from_slice(&gv),
+                }
+                let checked: Vec<usize> = match &g.rows {
+                    Some(_) => vec![2 * width, 2 * width + width - 1, 8 * width],
+                    None => vec![0, dense.len() / 2, dense.len() - 1],
+                };
+                for index in checked {
+                    let eps = 1e-2f32;
+                    perturb(&model, &g.name, index, eps);
+                    let up = loss_of(&model, batch, &state, &cfg);
+                    perturb(&model, &g.name, index, -2.0 * eps);
+                    let down = loss_of(&model, batch, &state, &cfg);
+                    perturb(&model, &g.name, index, eps);
+                    let fd = (up - down) / (2.0 * f64::from(eps));
+                    let an = dense[index];
+                    assert!(
+                        (fd - an).abs() <= 2e-3 + 2e-2 * an.abs(),
+                        "{layers:?} emb {embedding} constrained {constrained} {}[{index}]: analytic {an} vs numeric {fd}",
+                        g.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn evaluation_does_not_depend_on_the_batch_size() {
+        let seqs: Vec<Vec<u32>> =
+            (0..23u32).map(|s| (0..2 + s % 5).map(|i| 1 + (s * 7 + i * 3) % 11).collect()).collect();
+        let parts: Vec<Vec<Part>> = seqs.iter().map(|q| vec![Part::Test; q.len()]).collect();
+        let refs: Vec<(&[u32], &[Part])> = seqs.iter().zip(&parts).map(|(q, p)| (q.as_slice(), p.as_slice())).collect();
+        let (store, parts) = crate::next_item::tests::store_of(&refs);
+        let model = Gru4Rec::new(shape(vec![6], 0, false), 12, 5, &Device::Cpu).unwrap();
+        let cfg = EvalConfig { ks: vec![1, 5], tie_mode: seqrec_eval::TieMode::Median };
+        let results: Vec<_> = [1usize, 3, 64]
+            .iter()
+            .map(|&b| evaluate_sessions(&store, &parts, Part::Test, &mut Gru4RecScorer::new(&model), b, &cfg).unwrap())
+            .collect();
+        assert!(results[0].n > 0);
+        for r in &results[1..] {
+            assert_eq!(r.n, results[0].n);
+            for (a, b) in r.at.iter().zip(&results[0].at) {
+                assert!(
+                    (a.recall - b.recall).abs() < 1e-9 && (a.mrr - b.mrr).abs() < 1e-9,
+                    "{r:?} vs {:?}",
+                    results[0]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn learns_a_deterministic_successor_and_resets_state_per_session() {
+        // sessions walk i → i+1 (mod 10) from varied starts; after training the
+        // model must rank the successor first.
+        let n = 10u32;
+        let mut model = Gru4Rec::new(shape(vec![16], 0, false), n as usize + 1, 2, &Device::Cpu).unwrap();
+        let mut opt = Optimizer::new(crate::optim::OptimizerKind::Adagrad, 0.1, 0.0).unwrap();
+        let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size: 8 };
+        let mut rng = Rng::new(4);
+        for _ in 0..300 {
+            let inputs: Vec<u32> = (0..8).map(|_| 1 + rng.below(u64::from(n)) as u32).collect();
+            let targets: Vec<u32> = inputs.iter().map(|&i| 1 + i % n).collect();
+            let samples: Vec<u32> = (1..=n).collect();
+            let mut state = model.zero_state(8).unwrap();
+            let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: None };
+            model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).unwrap();
+        }
+        let mut state = model.zero_state(n as usize).unwrap();
+        let inputs: Vec<u32> = (1..=n).collect();
+        let scores = model.score_all(&inputs, &mut state).unwrap().to_vec2::<f32>().unwrap();
+        for (r, row) in scores.iter().enumerate() {
+            let best = (1..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            assert_eq!(best as u32, 1 + inputs[r] % n, "after item {}", inputs[r]);
+        }
+    }
+
+    #[test]
+    fn adjust_state_zeroes_reset_rows_and_keeps_continuing_rows() {
+        let s = Tensor::from_vec((1..=6).map(|x| x as f32).collect::<Vec<_>>(), (3, 2), &Device::Cpu).unwrap();
+        let mut state = vec![s];
+        adjust_state(&mut state, Some(&[0, 2]), &[1]).unwrap();
+        assert_eq!(state[0].to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0], vec![0.0, 0.0]]);
+    }
+
+    #[test]
+    fn checkpoint_of_another_shape_is_an_error_naming_the_tensor() {
+        let a = Gru4Rec::new(shape(vec![4], 0, false), 9, 1, &Device::Cpu).unwrap();
+        let mut b = Gru4Rec::new(shape(vec![4], 0, false), 12, 1, &Device::Cpu).unwrap();
+        let err = b.load_tensors(&a.named_tensors(), Path::new("best.safetensors")).unwrap_err().to_string();
+        assert!(err.contains("best.safetensors") && err.contains("another dataset"), "{err}");
+    }
+
+    #[test]
+    fn final_acts_parse_and_print() {
+        for s in ["linear", "relu", "tanh", "leaky-0.1", "elu-0.5", "elu-1"] {
+            assert_eq!(FinalAct::parse(s).unwrap().name(), s);
+        }
+        assert!(FinalAct::parse("softmax").is_none() && FinalAct::parse("elu-x").is_none());
     }
 }

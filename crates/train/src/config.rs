@@ -168,10 +168,8 @@ impl Gru4RecConfig {
     /// # Errors
     /// As [`Gru4RecConfig::load`].
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Gru4RecConfig = toml::from_str(text).map_err(|e| TrainError::Config {
-            path: path.to_path_buf(),
-            message: toml_message(&e, text),
-        })?;
+        let cfg: Gru4RecConfig = toml::from_str(text)
+            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, text) })?;
         cfg.check().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
         Ok(cfg)
     }

@@ -18,10 +18,10 @@ use std::time::Instant;
 
 use candle_core::Device;
 use seqrec_data::batch::{order_by_first_time, SessionParallel, SessionParallelConfig, Targets};
+use seqrec_data::dataset::Dataset;
 use seqrec_data::rng::Rng;
 use seqrec_data::split::Part;
 use seqrec_data::vocab::Vocab;
-use seqrec_data::dataset::Dataset;
 use seqrec_data::SequenceStore;
 use seqrec_eval::RankingMetrics;
 use seqrec_models::gru4rec::{adjust_state, Gru4Rec, Gru4RecScorer, StepConfig, TrainBatch};
@@ -127,9 +127,9 @@ fn count_targets(store: &SequenceStore, parts: &[Part], part: Part) -> usize {
 }
 
 fn item_vocab(data: &Dataset) -> Result<&Vocab> {
-    data.vocabs.get("item").ok_or_else(|| {
-        TrainError::Invalid(format!("{}: the dataset has no item vocabulary", data.dir.display()))
-    })
+    data.vocabs
+        .get("item")
+        .ok_or_else(|| TrainError::Invalid(format!("{}: the dataset has no item vocabulary", data.dir.display())))
 }
 
 /// Ranks every event of `part` against all items (the evaluation of the issue).
@@ -155,6 +155,7 @@ pub fn evaluate(
 /// Bad settings, a checkpoint that does not fit the data, I/O, model errors.
 pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOptions) -> Result<TrainOutcome> {
     cfg.check().map_err(|m| TrainError::Invalid(format!("config: {m}")))?;
+    seqrec_models::gru4rec::pin_thread_count();
     let shape = cfg.shape().map_err(|m| TrainError::Invalid(format!("config: {m}")))?;
     let data_vocab = item_vocab(data)?;
     // Retraining keeps the saved model's vocabulary.
@@ -188,17 +189,16 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
 
     let mut model = Gru4Rec::new(shape, n_ids, cfg.seed, &opts.device)?;
     let mut opt = Optimizer::new(cfg.optimizer, cfg.learning_rate, cfg.momentum)?;
-    let mut state = TrainerState { epochs_done: 0, steps: 0, samples_served: 0, best: None, bad_epochs: 0, stopped: false };
+    let mut state =
+        TrainerState { epochs_done: 0, steps: 0, samples_served: 0, best: None, bad_epochs: 0, stopped: false };
     if opts.resume {
         let saved: RunInfo = run.read_json("run.json")?;
         check_same_data(&saved, &info, &run.dir)?;
         state = run.read_json("last.json")?;
         let tensors = run.load_tensors("last.safetensors", &opts.device)?;
         model.load_tensors(&tensors, &run.path("last.safetensors"))?;
-        let opt_states = tensors
-            .iter()
-            .filter_map(|(k, v)| k.strip_prefix("opt.").map(|k| (k.to_owned(), v.clone())))
-            .collect();
+        let opt_states =
+            tensors.iter().filter_map(|(k, v)| k.strip_prefix("opt.").map(|k| (k.to_owned(), v.clone()))).collect();
         opt.restore(opt_states, state.steps);
         run.truncate_metrics(state.epochs_done)?;
         tracing::info!("resuming {} after epoch {}", run.dir.display(), state.epochs_done);
@@ -408,11 +408,13 @@ pub struct LoadedRun {
 /// # Errors
 /// Not a run directory, or unreadable files.
 pub fn load_run(dir: &Path, device: &Device) -> Result<LoadedRun> {
+    seqrec_models::gru4rec::pin_thread_count();
     let run = RunDir::open(dir)?;
     let config = Gru4RecConfig::load(&run.path("config.toml"))?;
     let info: RunInfo = run.read_json("run.json")?;
     let vocab = seqrec_data::persist::read_vocab(&run.path("vocab/item.parquet"))?;
-    let shape = config.shape().map_err(|m| TrainError::Invalid(format!("{}: {m}", run.path("config.toml").display())))?;
+    let shape =
+        config.shape().map_err(|m| TrainError::Invalid(format!("{}: {m}", run.path("config.toml").display())))?;
     let mut model = Gru4Rec::new(shape, vocab.n_ids(), config.seed, device)?;
     let tensors = run.load_tensors("best.safetensors", device)?;
     model.load_tensors(&tensors, &run.path("best.safetensors"))?;
@@ -472,7 +474,12 @@ pub struct Recommendations {
 ///
 /// # Errors
 /// `k` of 0, or model errors.
-pub fn recommend(loaded: &LoadedRun, sessions: &[(String, Vec<String>)], k: usize, batch: usize) -> Result<Recommendations> {
+pub fn recommend(
+    loaded: &LoadedRun,
+    sessions: &[(String, Vec<String>)],
+    k: usize,
+    batch: usize,
+) -> Result<Recommendations> {
     if k == 0 {
         return Err(TrainError::Invalid("recommend: k must be at least 1".into()));
     }

@@ -42,7 +42,8 @@ impl Progress {
             let filled = ((frac * width as f64) as usize).min(width);
             let bar: String = "#".repeat(filled) + &"-".repeat(width - filled);
             let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r{} [{bar}] {:>5.1}% {:>9.0} ev/s ETA {:>5.0}s ", self.label, 100.0 * frac, rate, eta);
+            let _ =
+                write!(err, "\r{} [{bar}] {:>5.1}% {:>9.0} ev/s ETA {:>5.0}s ", self.label, 100.0 * frac, rate, eta);
             let _ = err.flush();
         }
     }
