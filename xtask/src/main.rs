@@ -12,11 +12,13 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
-  train              the main job on the built-in synthetic sessions dataset:
-                     generate it, prepare it, print its statistics and the oracle
+  train [CONFIG]     the main job on the built-in synthetic sessions dataset:
+                     generate, prepare, train GRU4Rec (datasets/gru4rec-synth.toml
+                     unless CONFIG), print Recall@20 / MRR@20 beside the oracle and
+                     the baselines, write runs/gru4rec-synth/summary.json
   test               every test of the workspace (what CI runs)
   bench [NAME] [--quick] [ARGS...]
-                     benchmarks (NAME: ingest | all; default all); --quick runs
+                     benchmarks (NAME: ingest | gru4rec | all; default all); --quick runs
                      small sizes in seconds, as CI does; results in target/bench/
   data ARGS...       `seqrec data ARGS...` with the release binary
   ci                 fmt --check, clippy -D warnings, test, bench --quick
@@ -91,23 +93,70 @@ fn seqrec_profile(profile: Profile, args: &[&str]) -> Result<()> {
 fn train(rest: &[String]) -> Result<()> {
     let data = "target/synth/sessions";
     let prepared = "target/prepared/synth-sessions";
+    let run_dir = "runs/gru4rec-synth";
     seqrec(&["data", "synth", "sessions", "--out", data])?;
-    seqrec(
-        &[&["data", "prepare", "datasets/synth-sessions.toml", "--dir", data, "--out", prepared][..], &strs(rest)]
-            .concat(),
-    )?;
+    seqrec(&["data", "prepare", "datasets/synth-sessions.toml", "--dir", data, "--out", prepared])?;
     seqrec(&["data", "stats", prepared])?;
-    let path = Path::new(data).join("oracle.json");
-    let oracle: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)?;
-    println!(
-        "oracle (exact Bayes predictor) on the test split: Recall@20 {:.4}, MRR@20 {:.4} over {} targets ({})",
-        oracle["recall@20"].as_f64().unwrap_or(f64::NAN),
-        oracle["mrr@20"].as_f64().unwrap_or(f64::NAN),
-        oracle["n_targets"],
-        path.display()
-    );
+    let config = rest.first().map_or("datasets/gru4rec-synth.toml", String::as_str);
+    seqrec(&["train", "--data", prepared, "--run", run_dir, "--config", config])?;
+    let baselines = seqrec_output(&["baseline", "--data", prepared, "--json"])?;
+    let baselines: serde_json::Value = serde_json::from_str(&baselines).context("parsing `seqrec baseline --json`")?;
+    let read_json = |path: &Path| -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let oracle = read_json(&Path::new(data).join("oracle.json"))?;
+    let results = read_json(&Path::new(run_dir).join("results.json"))?;
+    let at20 = |m: &serde_json::Value, key: &str| -> f64 {
+        m["at"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["k"] == 20))
+            .and_then(|x| x[key].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let test = &results["test"];
+    let summary = serde_json::json!({
+        "recall@20": at20(test, "recall"),
+        "mrr@20": at20(test, "mrr"),
+        "oracle_recall@20": oracle["recall@20"],
+        "oracle_mrr@20": oracle["mrr@20"],
+        "markov_recall@20": at20(&baselines["markov"], "recall"),
+        "markov_mrr@20": at20(&baselines["markov"], "mrr"),
+        "most_popular_recall@20": at20(&baselines["most_popular"], "recall"),
+        "most_popular_mrr@20": at20(&baselines["most_popular"], "mrr"),
+        "test_targets": test["n"],
+        "train_events_per_s": results["train_events_per_s"],
+        "epochs": results["epochs"],
+        "config": config,
+        "run_dir": run_dir,
+    });
+    let path = Path::new(run_dir).join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nnext-item test on the default synthetic sessions ({} targets, all items ranked):", test["n"]);
+    println!("  {:<22} {:>10} {:>8}", "model", "Recall@20", "MRR@20");
+    let row = |name: &str, r: &serde_json::Value, m: &serde_json::Value| {
+        println!("  {:<22} {:>10.4} {:>8.4}", name, r.as_f64().unwrap_or(f64::NAN), m.as_f64().unwrap_or(f64::NAN));
+    };
+    row("GRU4Rec", &summary["recall@20"], &summary["mrr@20"]);
+    row("oracle (exact Bayes)", &summary["oracle_recall@20"], &summary["oracle_mrr@20"]);
+    row("Markov (1st order)", &summary["markov_recall@20"], &summary["markov_mrr@20"]);
+    row("most popular", &summary["most_popular_recall@20"], &summary["most_popular_mrr@20"]);
+    println!("summary: {}", path.display());
     Ok(())
+}
+
+/// Runs the release `seqrec` and returns its stdout (stderr passes through).
+fn seqrec_output(args: &[&str]) -> Result<String> {
+    run(cargo().args(["build", "--quiet", "--release", "-p", "seqrec"]))?;
+    let mut cmd = Command::new(root().join("target/release/seqrec"));
+    cmd.args(args).stderr(std::process::Stdio::inherit());
+    eprintln!("$ {cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn test(rest: &[String]) -> Result<()> {
@@ -120,9 +169,9 @@ fn bench(rest: &[String]) -> Result<()> {
     let mut args: Vec<&str> = rest.iter().map(String::as_str).filter(|a| *a != "--quick").collect();
     let name = if args.first().is_some_and(|a| !a.starts_with('-')) { args.remove(0) } else { "all" };
     let names: Vec<&str> = match name {
-        "all" => vec!["ingest"],
-        n @ "ingest" => vec![n],
-        other => bail!("unknown benchmark `{other}` (known: ingest, all)"),
+        "all" => vec!["ingest", "gru4rec"],
+        n @ ("ingest" | "gru4rec") => vec![n],
+        other => bail!("unknown benchmark `{other}` (known: ingest, gru4rec, all)"),
     };
     std::fs::create_dir_all("target/bench")?;
     for n in names {

@@ -17,6 +17,36 @@ pub enum BenchCommand {
     /// Generate a Riiid-schema parquet of N rows and time `data prepare` on it
     /// (read, encode, group, sort, split, gaps, write).
     Ingest(IngestArgs),
+    /// Train GRU4Rec one epoch per setting on synthetic session sets with 8,000
+    /// and 40,000 items; training and evaluation events/s, Recall@20, MRR@20
+    /// beside the oracle's.
+    Gru4rec(Gru4recArgs),
+}
+
+/// Arguments of `bench gru4rec`.
+#[derive(Debug, Args)]
+pub struct Gru4recArgs {
+    /// Small sizes (500 items, 2,000 sessions, n_sample 64), for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Sessions per synthetic set (about 7.5 events each).
+    #[arg(long, default_value_t = 46_000)]
+    sessions: usize,
+    /// Item counts of the synthetic sets.
+    #[arg(long, value_delimiter = ',', default_value = "8000,40000")]
+    items: Vec<usize>,
+    /// Settings to run (a, b, c; see the table).
+    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    settings: Vec<String>,
+    /// Epochs per setting.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Folder for generated data, prepared sets and runs.
+    #[arg(long, default_value = "target/bench/work")]
+    work: PathBuf,
+    /// Folder to write gru4rec.json into.
+    #[arg(long, default_value = "target/bench")]
+    json: PathBuf,
 }
 
 /// Arguments of `bench ingest`.
@@ -42,6 +72,7 @@ pub struct IngestArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a),
+        BenchCommand::Gru4rec(a) => gru4rec(a),
     }
 }
 
@@ -115,4 +146,89 @@ pub fn write_json(dir: &Path, name: &str, value: &Value) -> Result<()> {
     })?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// The benchmark settings of the GRU4Rec issue: (a) layers 100, batch 32,
+/// n_sample 2048, cross-entropy, one-hot input; (b) layers 480, batch 48,
+/// n_sample 2048, cross-entropy, constrained embedding; (c) as (a) with n_sample 0.
+fn gru4rec_setting(name: &str, quick: bool, epochs: usize) -> Result<String> {
+    let n_sample = if quick { 64 } else { 2048 };
+    let body = match name {
+        "a" => format!("layers = [100]\nbatch_size = 32\nn_sample = {n_sample}\nconstrained_embedding = false\n"),
+        "b" => format!("layers = [480]\nbatch_size = 48\nn_sample = {n_sample}\nconstrained_embedding = true\n"),
+        "c" => "layers = [100]\nbatch_size = 32\nn_sample = 0\nconstrained_embedding = false\n".to_owned(),
+        other => bail!("--settings: unknown setting `{other}`, expected a, b or c"),
+    };
+    Ok(format!("{body}loss = \"cross-entropy\"\nn_epochs = {epochs}\nsample_store = 1000000\n"))
+}
+
+fn gru4rec(a: Gru4recArgs) -> Result<()> {
+    use seqrec_data::synth::sessions::SessionsConfig;
+    let (items, sessions) = if a.quick { (vec![500], 2_000) } else { (a.items.clone(), a.sessions) };
+    let mut rows = Vec::new();
+    for &n_items in &items {
+        let name = format!("synth-{n_items}items-{sessions}s");
+        let dir = a.work.join(&name);
+        let prepared = a.work.join(format!("{name}-prepared"));
+        let cfg = SessionsConfig { n_items, n_sessions: sessions, ..SessionsConfig::default() };
+        if !dir.join("oracle.json").exists() {
+            let data = cfg.generate()?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            data.write_gru4rec_tsv(&dir.join("sessions.tsv"))?;
+            data.write_oracle_json(&dir.join("oracle.json"))?;
+        }
+        if !prepared.join("dataset.json").exists() {
+            let text = "name = \"synth-sessions\"\nformat = \"gru4rec\"\n[interactions]\npath = \"sessions.tsv\"\n\
+                        [split]\nkind = \"last_days\"\ndays = 1\n";
+            let recipe =
+                seqrec_data::recipe::Recipe::from_toml_str(text, &dir.join("recipe.toml"))?.with_dir(dir.clone());
+            seqrec_data::prepare::prepare(&recipe, &prepared)?;
+        }
+        let oracle: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("oracle.json"))?)?;
+        let data = seqrec_data::dataset::Dataset::open(&prepared)?;
+        let train_events = data.stats().parts[0];
+        for setting in &a.settings {
+            let text = gru4rec_setting(setting, a.quick, a.epochs)?;
+            let cfg = seqrec_train::Gru4RecConfig::from_toml_str(&text, Path::new(setting))?;
+            let run_dir = a.work.join(format!("{name}-run-{setting}"));
+            let _ = std::fs::remove_dir_all(&run_dir);
+            let run = seqrec_train::run::RunDir::create(&run_dir)?;
+            let opts = seqrec_train::gru4rec::TrainOptions { progress: false, ..Default::default() };
+            let out = seqrec_train::gru4rec::train(&cfg, &data, &run, &opts)?;
+            let test = out.test.as_ref().context("the synthetic set has a test part")?;
+            rows.push(json!({
+                "setting": setting,
+                "config": text,
+                "dataset": name,
+                "items": n_items,
+                "train_events": train_events,
+                "epochs": out.epochs,
+                "train_events_per_s": out.train_events_per_s,
+                "eval_events_per_s": out.eval_events_per_s,
+                "recall@20": test.recall(20),
+                "mrr@20": test.mrr(20),
+                "oracle_recall@20": oracle["recall@20"],
+                "oracle_mrr@20": oracle["mrr@20"],
+                "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+            }));
+        }
+    }
+    println!(
+        "{:<8} {:<28} {:>12} {:>12} {:>10} {:>8} {:>11} {:>9}",
+        "setting", "dataset", "train ev/s", "eval ev/s", "Recall@20", "MRR@20", "oracle R@20", "oracle MRR"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:<28} {:>12.0} {:>12.0} {:>10.4} {:>8.4} {:>11.4} {:>9.4}",
+            r["setting"].as_str().unwrap_or(""),
+            r["dataset"].as_str().unwrap_or(""),
+            r["train_events_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["eval_events_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["recall@20"].as_f64().unwrap_or(f64::NAN),
+            r["mrr@20"].as_f64().unwrap_or(f64::NAN),
+            r["oracle_recall@20"].as_f64().unwrap_or(f64::NAN),
+            r["oracle_mrr@20"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    write_json(&a.json, "gru4rec.json", &Value::Array(rows))
 }

@@ -30,6 +30,8 @@ enum Command {
     Evaluate(train::EvaluateArgs),
     /// Top-K next items for the sessions of a file.
     Recommend(train::RecommendArgs),
+    /// Most-popular and Markov baselines on a prepared dataset.
+    Baseline(train::BaselineArgs),
     /// Benchmarks that print a table and write JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train::run_train(a),
         Command::Evaluate(a) => train::run_evaluate(a),
         Command::Recommend(a) => train::run_recommend(a),
+        Command::Baseline(a) => train::run_baseline(a),
     }
 }
 

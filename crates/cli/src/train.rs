@@ -273,3 +273,47 @@ fn write_recs(out: &Path, recs: &seqrec_train::gru4rec::Recommendations) -> Resu
     }
     Ok(())
 }
+
+/// `seqrec baseline`.
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// Prepared dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// Which part to rank: test or valid.
+    #[arg(long, default_value = "test")]
+    part: String,
+    /// Cut-off K.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Most-popular and first-order Markov baselines on a prepared dataset,
+/// ranked exactly as the models are (all items, ties at the median).
+pub fn run_baseline(a: BaselineArgs) -> Result<()> {
+    use seqrec_models::baseline::{Markov, MostPopular};
+    use seqrec_models::next_item::{evaluate_sessions, EvalConfig};
+    let part = match a.part.as_str() {
+        "test" => Part::Test,
+        "valid" => Part::Valid,
+        other => bail!("--part: found `{other}`, expected test or valid"),
+    };
+    let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
+    let n_ids = data.vocabs.get("item").context("the dataset has no item vocabulary")?.n_ids();
+    let (store, parts) = (&data.events.store, &data.events.parts);
+    let cfg = EvalConfig { ks: vec![a.k], tie_mode: seqrec_eval::TieMode::Median };
+    let mut pop = MostPopular::fit(store, parts, n_ids)?;
+    let mut markov = Markov::fit(store, parts, n_ids)?;
+    let pop_m = evaluate_sessions(store, parts, part, &mut pop, 512, &cfg)?;
+    let markov_m = evaluate_sessions(store, parts, part, &mut markov, 512, &cfg)?;
+    if a.json {
+        println!("{}", serde_json::json!({ "most_popular": pop_m, "markov": markov_m }));
+    } else {
+        print_metrics("most popular", &pop_m);
+        print_metrics("markov", &markov_m);
+    }
+    Ok(())
+}
