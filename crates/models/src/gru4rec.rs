@@ -22,14 +22,19 @@
 //!   loss. Full-catalogue scores at evaluation are the raw scores: every
 //!   final activation is non-decreasing, so ranks differ at most by ties the
 //!   activation would create (relu's zeros), which we do not create.
-//! - **Sparse updates**: gathered rows are the autograd leaves, so a step's
-//!   gradient never has the catalogue's size; [`Optimizer::sparse`] updates
-//!   only those rows, repeated ids summed.
+//! - **Backward by hand**: the state is detached after every step, so one
+//!   step's graph is short and fixed; the gradients are written out
+//!   ([`Gru4Rec::gradients`], checked against finite differences) instead of
+//!   taken from candle's autograd, which allocated and summed a zero tensor
+//!   per node (a third of a step at 480 units).
+//! - **Sparse updates**: gradients of item tables are only the gathered rows,
+//!   so a step's gradient never has the catalogue's size;
+//!   [`Optimizer::sparse`] updates only those rows, repeated ids summed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -167,13 +172,13 @@ enum Input {
 struct Layer {
     /// `[in, 3h]` input weights; `None` for the first layer in one-hot mode
     /// (its input weights are the item table `input`).
-    wx: Option<Var>,
+    wx: Option<Tensor>,
     /// `[h, 2h]` recurrent weights of the reset and update gates.
-    wrz: Var,
+    wrz: Tensor,
     /// `[h, h]` recurrent weights of the candidate.
-    wh: Var,
+    wh: Tensor,
     /// `[3h]` biases `[c | r | z]`.
-    b: Var,
+    b: Tensor,
     size: usize,
 }
 
@@ -227,6 +232,18 @@ pub struct TrainBatch<'a> {
     pub log_pop: Option<&'a [f32]>,
 }
 
+/// What the backward pass of one layer needs from its forward pass.
+#[derive(Debug)]
+struct LayerCache {
+    x: Tensor,
+    prev: Tensor,
+    r: Tensor,
+    z: Tensor,
+    rh: Tensor,
+    c: Tensor,
+    mask: Option<Tensor>,
+}
+
 /// The gradient of one parameter from [`Gru4Rec::gradients`].
 #[derive(Debug, Clone)]
 pub struct ParamGrad {
@@ -276,11 +293,11 @@ impl Gru4Rec {
             let wx = if i == 0 && shape.input() == Input::OneHot {
                 None
             } else {
-                Some(Var::from_tensor(&glorot_blocks(&mut rng, fan_in, fan_in, h, 3, dev)?)?)
+                Some(glorot_blocks(&mut rng, fan_in, fan_in, h, 3, dev)?)
             };
-            let wrz = Var::from_tensor(&glorot_blocks(&mut rng, h, h, h, 2, dev)?)?;
-            let wh = Var::from_tensor(&glorot_blocks(&mut rng, h, h, h, 1, dev)?)?;
-            let b = Var::from_tensor(&Tensor::zeros(3 * h, DType::F32, dev)?)?;
+            let wrz = glorot_blocks(&mut rng, h, h, h, 2, dev)?;
+            let wh = glorot_blocks(&mut rng, h, h, h, 1, dev)?;
+            let b = Tensor::zeros(3 * h, DType::F32, dev)?;
             layers.push(Layer { wx, wrz, wh, b, size: h });
             fan_in = h;
         }
@@ -321,38 +338,101 @@ impl Gru4Rec {
 
     /// Runs the layers on the input representation `x0` (gathered rows),
     /// replacing `state` with the new outputs; returns the last output.
-    fn layers_forward(&self, x0: &Tensor, state: &mut [Tensor], mut dropout: Option<&mut Rng>) -> Result<Tensor> {
+    fn layers_forward(&self, x0: &Tensor, state: &mut [Tensor], dropout: Option<&mut Rng>) -> Result<Tensor> {
+        Ok(self.forward_cached(x0, state, dropout, false)?.0)
+    }
+
+    /// The layers' forward pass; with `keep`, also what the backward pass needs.
+    fn forward_cached(
+        &self,
+        x0: &Tensor,
+        state: &mut [Tensor],
+        mut dropout: Option<&mut Rng>,
+        keep: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Vec<LayerCache>)> {
         let rows = x0.dim(0)?;
         let one_hot = self.shape.input() == Input::OneHot;
         let mut x = x0.clone();
+        let mut embed_mask = None;
         if !one_hot && self.shape.dropout_p_embed > 0.0 {
             if let Some(rng) = dropout.as_deref_mut() {
-                x = (x * dropout_mask(rng, rows, x0.dim(1)?, self.shape.dropout_p_embed, &self.device)?)?;
+                let m = dropout_mask(rng, rows, x0.dim(1)?, self.shape.dropout_p_embed, &self.device)?;
+                x = (x * &m)?;
+                embed_mask = Some(m);
             }
         }
+        let mut caches = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.size;
             let vx = match &layer.wx {
-                Some(wx) => x.matmul(wx.as_tensor())?,
+                Some(wx) => x.matmul(wx)?,
                 None => x.clone(),
             }
-            .broadcast_add(layer.b.as_tensor())?;
-            let prev = &state[i];
-            let vrz = prev.matmul(layer.wrz.as_tensor())?;
+            .broadcast_add(&layer.b)?;
+            let prev = state[i].clone();
+            let vrz = prev.matmul(&layer.wrz)?;
             let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
             let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
-            let c = ((r * prev)?.matmul(layer.wh.as_tensor())? + vx.narrow(1, 0, h)?)?.tanh()?;
-            let mut out = (prev + (z * (c - prev)?)?)?;
+            let rh = (&r * &prev)?;
+            let c = (rh.matmul(&layer.wh)? + vx.narrow(1, 0, h)?)?.tanh()?;
+            let mut out = (&prev + (&z * (&c - &prev)?)?)?;
             let p = if i == 0 && one_hot { self.shape.dropout_p_embed } else { self.shape.dropout_p_hidden };
+            let mut mask = None;
             if p > 0.0 {
                 if let Some(rng) = dropout.as_deref_mut() {
-                    out = (out * dropout_mask(rng, rows, h, p, &self.device)?)?;
+                    let m = dropout_mask(rng, rows, h, p, &self.device)?;
+                    out = (out * &m)?;
+                    mask = Some(m);
                 }
             }
-            state[i] = out.detach();
+            state[i] = out.clone();
+            if keep {
+                caches.push(LayerCache { x: x.clone(), prev, r, z, rh, c, mask });
+            }
             x = out;
         }
-        Ok(x)
+        Ok((x, embed_mask, caches))
+    }
+
+    /// The backward pass through the layers by hand (the state is detached,
+    /// so nothing flows into the previous step): from `d_y`, the gradient of
+    /// the last output, to every layer's weights and the input rows.
+    fn backward_layers(
+        &self,
+        caches: &[LayerCache],
+        embed_mask: Option<&Tensor>,
+        d_y: Tensor,
+        out: &mut Vec<ParamGrad>,
+    ) -> Result<Tensor> {
+        let mut d = d_y;
+        for (i, (layer, cache)) in self.layers.iter().zip(caches).enumerate().rev() {
+            if let Some(m) = &cache.mask {
+                d = (d * m)?;
+            }
+            let dz = (&d * (&cache.c - &cache.prev)?)?;
+            let dc = (&d * &cache.z)?;
+            let dac = (&dc * (1.0 - cache.c.sqr()?)?)?;
+            let drh = dac.matmul(&layer.wh.t()?)?;
+            let dr = (drh * &cache.prev)?;
+            let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
+            let daz = (dz * (&cache.z * (1.0 - &cache.z)?)?)?;
+            let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
+            let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
+            out.push(ParamGrad { name: format!("layer{i}.wh"), grad: cache.rh.t()?.matmul(&dac)?, rows: None });
+            out.push(ParamGrad { name: format!("layer{i}.wrz"), grad: cache.prev.t()?.matmul(&d_rz)?, rows: None });
+            out.push(ParamGrad { name: format!("layer{i}.b"), grad: dvx.sum(0)?, rows: None });
+            d = match &layer.wx {
+                Some(wx) => {
+                    out.push(ParamGrad { name: format!("layer{i}.wx"), grad: cache.x.t()?.matmul(&dvx)?, rows: None });
+                    dvx.matmul(&wx.t()?)?
+                }
+                None => dvx,
+            };
+        }
+        if let Some(m) = embed_mask {
+            d = (d * m)?;
+        }
+        Ok(d)
     }
 
     /// One training step: forward over `batch`, the sampled loss, backward and
@@ -416,14 +496,13 @@ impl Gru4Rec {
             Input::Constrained => &self.wy,
             _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
         };
-        let x_leaf = Var::from_tensor(&input_table.index_select(&in_t, 0)?)?;
+        let x0 = input_table.index_select(&in_t, 0)?;
         let o = self.wy.index_select(&out_t, 0)?;
         let bias = self.by.index_select(&out_t, 0)?.flatten_all()?.to_vec1::<f32>()?;
-        let y = self.layers_forward(x_leaf.as_tensor(), state, Some(dropout_rng))?;
-        // The output layer by hand: scores, act, loss and their gradients in one
-        // pass (`seqrec_kernels::loss`), then dO = dSᵀ·y and dy = dS·O. Autograd
-        // only sees the GRU, through the surrogate Σ y ⊙ dy.
-        let y_const = y.detach();
+        let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
+        // Backward by hand: scores, act, loss and their gradients in one pass
+        // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
+        let y_const = y;
         let scores = y_const.matmul(&o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
         let spec = seqrec_kernels::loss::LossSpec {
             kind: kernel_kind(&cfg.loss),
@@ -454,36 +533,22 @@ impl Gru4Rec {
         let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
         let d_o = d_scores.t()?.matmul(&y_const)?;
         let d_y = d_scores.matmul(&o)?;
-        let grads = (y * d_y)?.sum_all()?.backward()?;
         let mut out = Vec::new();
-        let d_x = grads.get(x_leaf.as_tensor());
+        let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, &mut out)?;
         match self.shape.input() {
             Input::Constrained => {
                 let mut ids = batch.inputs.to_vec();
                 ids.extend_from_slice(&out_ids);
-                let g = match d_x {
-                    Some(dx) => Tensor::cat(&[dx, &d_o], 0)?,
-                    None => Tensor::cat(&[&Tensor::zeros((rows, d_o.dim(1)?), DType::F32, &self.device)?, &d_o], 0)?,
-                };
-                out.push(ParamGrad { name: "wy".into(), grad: g, rows: Some(ids) });
+                out.push(ParamGrad { name: "wy".into(), grad: Tensor::cat(&[&dx, &d_o], 0)?, rows: Some(ids) });
             }
             input => {
                 let name = if input == Input::OneHot { "layer0.wx" } else { "embedding" };
-                if let Some(dx) = d_x {
-                    out.push(ParamGrad { name: name.into(), grad: dx.clone(), rows: Some(batch.inputs.to_vec()) });
-                }
+                out.push(ParamGrad { name: name.into(), grad: dx, rows: Some(batch.inputs.to_vec()) });
                 out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(out_ids.clone()) });
             }
         }
         let d_bias = Tensor::from_vec(d_bias, (n_out, 1), &self.device)?;
         out.push(ParamGrad { name: "by".into(), grad: d_bias, rows: Some(out_ids) });
-        for (i, layer) in self.layers.iter().enumerate() {
-            for (name, var) in layer_vars(layer) {
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    out.push(ParamGrad { name: format!("layer{i}.{name}"), grad: g.clone(), rows: None });
-                }
-            }
-        }
         Ok((value, out))
     }
 
@@ -525,7 +590,7 @@ impl Gru4Rec {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, var) in layer_vars(layer) {
-                out.insert(format!("layer{i}.{name}"), var.as_tensor().clone());
+                out.insert(format!("layer{i}.{name}"), var.clone());
             }
         }
         out.insert("wy".to_owned(), self.wy.clone());
@@ -593,7 +658,7 @@ fn is_item_table(name: &str) -> bool {
     matches!(name, "wy" | "by" | "embedding" | "layer0.wx")
 }
 
-fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Var)> {
+fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Tensor)> {
     let mut v = Vec::with_capacity(4);
     if let Some(wx) = &layer.wx {
         v.push(("wx", wx));
@@ -719,10 +784,10 @@ mod tests {
     #[test]
     fn gru_step_is_the_original_form_with_reset_before_the_recurrent_product() {
         let h = 3usize;
-        let mut model = Gru4Rec::new(shape(vec![h], 0, false), 6, 9, &Device::Cpu).unwrap();
+        let model = Gru4Rec::new(shape(vec![h], 0, false), 6, 9, &Device::Cpu).unwrap();
         // non-zero biases so every term matters.
         let b: Vec<f32> = (0..3 * h).map(|j| 0.1 * j as f32 - 0.3).collect();
-        model.layers[0].b.set(&Tensor::from_vec(b, 3 * h, &Device::Cpu).unwrap()).unwrap();
+        model.layers[0].b.slice_set(&Tensor::from_vec(b, 3 * h, &Device::Cpu).unwrap(), 0, 0).unwrap();
         let p = model.named_tensors();
         let (wx0, wrz, wh, bias) =
             (values(&p["layer0.wx"]), values(&p["layer0.wrz"]), values(&p["layer0.wh"]), values(&p["layer0.b"]));
