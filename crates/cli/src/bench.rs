@@ -230,5 +230,5 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
             r["oracle_mrr@20"].as_f64().unwrap_or(f64::NAN),
         );
     }
-    write_json(&a.json, "gru4rec.json", &Value::Array(rows))
+    write_json(&a.json, "gru4rec", &Value::Array(rows))
 }
