@@ -59,6 +59,9 @@ pub struct Gru4RecConfig {
     pub constrained_embedding: bool,
     /// Separate embedding size (0: one-hot equivalent input).
     pub embedding: usize,
+    /// GRU cell form: false = original (reset before the recurrent product),
+    /// true = `torch.nn.GRUCell`'s (reset after it).
+    pub reset_after: bool,
     /// Training epochs (at most; early stopping may stop sooner).
     pub n_epochs: usize,
     /// `adagrad` (with momentum, the authors') or `adam`.
@@ -97,6 +100,7 @@ impl Default for Gru4RecConfig {
             logq: 0.0,
             constrained_embedding: true,
             embedding: 0,
+            reset_after: false,
             n_epochs: 10,
             optimizer: OptimizerKind::Adagrad,
             seed: 42,
@@ -268,6 +272,7 @@ impl Gru4RecConfig {
             dropout_p_embed: self.dropout_p_embed,
             dropout_p_hidden: self.dropout_p_hidden,
             final_act: self.final_activation()?,
+            reset_after: self.reset_after,
         })
     }
 
