@@ -175,6 +175,9 @@ fn time_at(a: Option<&dyn Array>, i: usize) -> i64 {
     0
 }
 
+/// An event of a session being read: time, position in the file, raw item.
+type TimedItem = (i64, usize, String);
+
 /// Sessions of a file (key, raw items in time order), in order of first appearance.
 fn read_sessions(path: &Path, format: &str) -> Result<Vec<(String, Vec<String>)>> {
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -182,7 +185,7 @@ fn read_sessions(path: &Path, format: &str) -> Result<Vec<(String, Vec<String>)>
     let text = format!("name = \"recommend-input\"\nformat = \"{format}\"\n[interactions]\npath = \"{name}\"\n");
     let recipe = Recipe::from_toml_str(&text, &dir.join("recommend.toml"))?.with_dir(dir);
     let mut index = std::collections::HashMap::new();
-    let mut sessions: Vec<(String, Vec<(i64, usize, String)>)> = Vec::new();
+    let mut sessions: Vec<(String, Vec<TimedItem>)> = Vec::new();
     let mut n = 0usize;
     for batch in seqrec_data::read::read_interactions(&recipe.interactions)? {
         let batch = batch?;
