@@ -21,7 +21,11 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// A prepared synthetic session set with 120 items, last day as test.
 fn dataset(dir: &Path, seed: u64, n_sessions: usize) -> Dataset {
-    let cfg = SessionsConfig { n_items: 120, n_topics: 6, n_sessions, days: 10.0, seed, ..SessionsConfig::default() };
+    dataset_with(dir, seed, n_sessions, 120)
+}
+
+fn dataset_with(dir: &Path, seed: u64, n_sessions: usize, n_items: usize) -> Dataset {
+    let cfg = SessionsConfig { n_items, n_topics: 6, n_sessions, days: 10.0, seed, ..SessionsConfig::default() };
     let data = cfg.generate().unwrap();
     data.write_gru4rec_tsv(&dir.join("sessions.tsv")).unwrap();
     let text = "name = \"tiny\"\nformat = \"gru4rec\"\n[interactions]\npath = \"sessions.tsv\"\n\
@@ -131,6 +135,34 @@ fn recommends_for_unseen_sessions_and_skips_unknown_items() {
     // a session's list does not depend on the batch it was scored in.
     let alone = recommend(&loaded, &sessions[1..2], 5, 1).unwrap();
     assert_eq!(alone.sessions[0], recs.sessions[1]);
+}
+
+#[test]
+fn retraining_keeps_the_vocabulary_and_skips_unknown_items() {
+    let dir = scratch("retrain");
+    let first = dataset(&dir.join("one").tap_mkdir(), 8, 800);
+    // the same generator with more items: ids 121.. are unknown to the first model.
+    let grown = dataset_with(&dir.join("two").tap_mkdir(), 9, 800, 160);
+    let run = RunDir::create(&dir.join("run")).unwrap();
+    train(&config(1), &first, &run, &quiet()).unwrap();
+    let again = RunDir::create(&dir.join("again")).unwrap();
+    let opts = TrainOptions { init_from: Some(run.dir.clone()), ..quiet() };
+    let out = train(&config(1), &grown, &again, &opts).unwrap();
+    let unknown = grown
+        .events
+        .store
+        .items
+        .iter()
+        .filter(|&&i| {
+            first.vocabs["item"].id_str(&grown.vocabs["item"].raw(i).unwrap()).is_none()
+                && first.vocabs["item"].id_int(grown.vocabs["item"].raw(i).unwrap().parse().unwrap()).is_none()
+        })
+        .count();
+    assert!(unknown > 0);
+    assert_eq!(out.skipped_unknown_items, unknown);
+    // the retrained run indexes the first run's vocabulary.
+    let loaded = load_run(&again.dir, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(loaded.vocab, first.vocabs["item"]);
 }
 
 trait TapMkdir {
