@@ -13,7 +13,7 @@ usage: cargo xtask <task> [args]
 
 tasks:
   train [CONFIG]     the main job on the built-in synthetic sessions dataset:
-                     generate, prepare, train GRU4Rec (datasets/gru4rec-synth.toml
+                     generate, prepare, train GRU4Rec (configs/gru4rec-synth.toml
                      unless CONFIG), print Recall@20 / MRR@20 beside the oracle and
                      the baselines, write runs/gru4rec-synth/summary.json
   test               every test of the workspace (what CI runs)
@@ -97,7 +97,7 @@ fn train(rest: &[String]) -> Result<()> {
     seqrec(&["data", "synth", "sessions", "--out", data])?;
     seqrec(&["data", "prepare", "datasets/synth-sessions.toml", "--dir", data, "--out", prepared])?;
     seqrec(&["data", "stats", prepared])?;
-    let config = rest.first().map_or("datasets/gru4rec-synth.toml", String::as_str);
+    let config = rest.first().map_or("configs/gru4rec-synth.toml", String::as_str);
     seqrec(&["train", "--data", prepared, "--run", run_dir, "--config", config])?;
     let baselines = seqrec_output(&["baseline", "--data", prepared, "--json"])?;
     let baselines: serde_json::Value = serde_json::from_str(&baselines).context("parsing `seqrec baseline --json`")?;

@@ -348,6 +348,20 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_run_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Gru4RecConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the shipped configs in {}", dir.display());
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let c = parse("layers = [64, 32]\nloss = \"top1-max\"\noptimizer = \"adam\"").unwrap();
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
