@@ -123,10 +123,9 @@ fn touched_rows<'a>(data: &'a mut [f32], width: usize, rows: &[u32]) -> Vec<&'a 
     out
 }
 
-/// Updates one row's state from its summed gradient `g`.
+/// Updates the two state slots `(a, b)` of some elements from their summed gradient `g`.
 #[inline]
-fn update_state_row(rule: &Rule, state: &mut [f32], g: &[f32]) {
-    let (a, b) = state.split_at_mut(g.len());
+fn update_state(rule: &Rule, a: &mut [f32], b: &mut [f32], g: &[f32]) {
     match *rule {
         Rule::AdagradM { lr, momentum, eps } => {
             for ((acc, mom), &g) in a.iter_mut().zip(b.iter_mut()).zip(g) {
@@ -143,10 +142,9 @@ fn update_state_row(rule: &Rule, state: &mut [f32], g: &[f32]) {
     }
 }
 
-/// Adds one row's step (read from its state) to the parameter row `p`.
+/// Adds the step read from (or computed from) the state slots `(a, b)` to the elements `p`.
 #[inline]
-fn apply_row(rule: &Rule, p: &mut [f32], state: &[f32]) {
-    let (a, b) = state.split_at(p.len());
+fn apply_step(rule: &Rule, p: &mut [f32], a: &[f32], b: &[f32]) {
     match *rule {
         Rule::AdagradM { .. } => {
             for (p, &step) in p.iter_mut().zip(b) {
@@ -171,9 +169,8 @@ fn rows_per_task(width: usize) -> usize {
 /// CPU reference of a sparse state update: `state` is `[n_rows, 2 · width]`,
 /// `grad` is `[n_grad_rows, width]`, `groups` groups the gradient rows by row id.
 pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], width: usize, groups: &RowGroups) {
-    let rows = touched_rows(state, 2 * width, &groups.rows);
+    let mut rows = touched_rows(state, 2 * width, &groups.rows);
     let chunk = rows_per_task(width);
-    let mut rows = rows;
     rows.par_chunks_mut(chunk).enumerate().for_each(|(c, rows)| {
         let mut sum = vec![0f32; width];
         for (k, row) in rows.iter_mut().enumerate() {
@@ -187,7 +184,8 @@ pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], wid
                     *acc += x;
                 }
             }
-            update_state_row(rule, row, &sum);
+            let (a, b) = row.split_at_mut(width);
+            update_state(rule, a, b, &sum);
         }
     });
 }
@@ -199,7 +197,8 @@ pub fn sparse_apply_cpu(rule: &Rule, param: &mut [f32], state: &[f32], width: us
     rows.par_chunks_mut(chunk).enumerate().for_each(|(c, rows)| {
         for (k, row) in rows.iter_mut().enumerate() {
             let r = groups.rows[c * chunk + k] as usize;
-            apply_row(rule, row, &state[r * 2 * width..(r + 1) * 2 * width]);
+            let (a, b) = state[r * 2 * width..(r + 1) * 2 * width].split_at(width);
+            apply_step(rule, row, a, b);
         }
     });
 }
@@ -254,16 +253,10 @@ impl InplaceOp2 for StateUpdate<'_> {
                     bail!("{what}: state of {} elements for a gradient of {}", state.len(), grad.len());
                 }
                 let (a, b) = state.split_at_mut(grad.len());
-                a.par_chunks_mut(16_384).zip(b.par_chunks_mut(16_384)).zip(grad.par_chunks(16_384)).for_each(
-                    |((a, b), g)| {
-                        let mut row = Vec::with_capacity(2 * g.len());
-                        row.extend_from_slice(a);
-                        row.extend_from_slice(b);
-                        update_state_row(&self.rule, &mut row, g);
-                        a.copy_from_slice(&row[..g.len()]);
-                        b.copy_from_slice(&row[g.len()..]);
-                    },
-                );
+                a.par_chunks_mut(16_384)
+                    .zip(b.par_chunks_mut(16_384))
+                    .zip(grad.par_chunks(16_384))
+                    .for_each(|((a, b), g)| update_state(&self.rule, a, b, g));
             }
         }
         Ok(())
@@ -301,14 +294,11 @@ impl InplaceOp2 for ApplyStep<'_> {
             None => {
                 let n = param.len();
                 let (a, b) = state.split_at(n);
-                param.par_chunks_mut(16_384).zip(a.par_chunks(16_384)).zip(b.par_chunks(16_384)).for_each(
-                    |((p, a), b)| {
-                        let mut row = Vec::with_capacity(2 * p.len());
-                        row.extend_from_slice(a);
-                        row.extend_from_slice(b);
-                        apply_row(&self.rule, p, &row);
-                    },
-                );
+                param
+                    .par_chunks_mut(16_384)
+                    .zip(a.par_chunks(16_384))
+                    .zip(b.par_chunks(16_384))
+                    .for_each(|((p, a), b)| apply_step(&self.rule, p, a, b));
             }
         }
         Ok(())
