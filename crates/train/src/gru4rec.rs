@@ -102,15 +102,7 @@ pub struct TrainOutcome {
 /// Events whose item is known to `old`, re-encoded into `old`'s ids; the
 /// number of events skipped.
 fn remap_items(store: &SequenceStore, parts: &[Part], new: &Vocab, old: &Vocab) -> (SequenceStore, Vec<Part>, usize) {
-    let map: Vec<Option<u32>> = (0..new.n_ids() as u32)
-        .map(|id| {
-            let raw = new.raw(id)?;
-            match old {
-                Vocab::Int(_) => raw.parse::<i64>().ok().and_then(|k| old.id_int(k)),
-                Vocab::Str(_) => old.id_str(&raw),
-            }
-        })
-        .collect();
+    let map: Vec<Option<u32>> = (0..new.n_ids() as u32).map(|id| old.id_str(&new.raw(id)?)).collect();
     let keep: Vec<bool> = store.items.iter().map(|&i| map.get(i as usize).copied().flatten().is_some()).collect();
     let skipped = keep.iter().filter(|&&k| !k).count();
     let mut out = store.retain(&keep);
@@ -484,14 +476,10 @@ pub fn recommend(
         return Err(TrainError::Invalid("recommend: k must be at least 1".into()));
     }
     let vocab = &loaded.vocab;
-    let lookup = |raw: &str| match vocab {
-        Vocab::Int(_) => raw.trim().parse::<i64>().ok().and_then(|x| vocab.id_int(x)),
-        Vocab::Str(_) => vocab.id_str(raw),
-    };
     let mut skipped_events = 0usize;
     let mut known: Vec<(usize, Vec<u32>)> = Vec::new();
     for (i, (_, items)) in sessions.iter().enumerate() {
-        let ids: Vec<u32> = items.iter().filter_map(|r| lookup(r)).collect();
+        let ids: Vec<u32> = items.iter().filter_map(|r| vocab.id_str(r)).collect();
         skipped_events += items.len() - ids.len();
         if !ids.is_empty() {
             known.push((i, ids));
