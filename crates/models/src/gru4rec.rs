@@ -480,18 +480,17 @@ impl Gru4Rec {
     ) -> Result<f32> {
         let (value, grads) = self.gradients(batch, state, cfg, dropout_rng)?;
         opt.begin_step();
+        let params = self.named_tensors();
         for g in &grads {
-            let param = self.param(&g.name)?;
+            let Some(param) = params.get(&g.name) else {
+                return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
+            };
             match &g.rows {
-                Some(ids) => opt.sparse(&g.name, &param, &g.grad, ids)?,
-                None => opt.dense(&g.name, &param, &g.grad)?,
+                Some(ids) => opt.sparse(&g.name, param, &g.grad, ids)?,
+                None => opt.dense(&g.name, param, &g.grad)?,
             }
         }
         Ok(value)
-    }
-
-    fn param(&self, name: &str) -> Result<Tensor> {
-        self.named_tensors().remove(name).ok_or_else(|| ModelError::Invalid(format!("GRU4Rec: no parameter `{name}`")))
     }
 
     /// The loss of one mini-batch and the gradient of every parameter it
