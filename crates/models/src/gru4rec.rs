@@ -652,38 +652,6 @@ impl Gru4Rec {
         }
         Ok(())
     }
-
-    /// Copies rows of `other` (same shape except the number of ids) into this
-    /// network: `map[new_id] = Some(old_id)` copies that item's rows; dense
-    /// weights are copied whole. For retraining on a grown vocabulary.
-    ///
-    /// # Errors
-    /// Different layer shapes or a tensor error.
-    pub fn copy_from(&mut self, other: &Gru4Rec, map: &[Option<u32>]) -> Result<()> {
-        if other.shape != self.shape {
-            return Err(ModelError::Invalid("retraining: the saved model has another shape".into()));
-        }
-        let (new_rows, old_rows): (Vec<u32>, Vec<u32>) =
-            map.iter().enumerate().filter_map(|(n, o)| o.map(|o| (n as u32, o))).unzip();
-        let mine = self.named_tensors();
-        for (name, theirs) in other.named_tensors() {
-            let dst = &mine[&name];
-            if theirs.dims() == dst.dims() && !is_item_table(&name) {
-                dst.slice_set(&theirs, 0, 0)?;
-            } else if !new_rows.is_empty() {
-                let old = Tensor::from_slice(&old_rows, old_rows.len(), &self.device)?;
-                let rows = theirs.index_select(&old, 0)?;
-                let new = Tensor::from_slice(&new_rows, new_rows.len(), &self.device)?;
-                let updated = dst.index_add(&new, &(rows - dst.index_select(&new, 0)?)?, 0)?;
-                dst.slice_set(&updated, 0, 0)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn is_item_table(name: &str) -> bool {
-    matches!(name, "wy" | "by" | "embedding" | "layer0.wx")
 }
 
 fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Tensor)> {
