@@ -108,11 +108,10 @@ pub fn evaluate_sessions<S: SessionScorer + ?Sized>(
         let rows = step.rows();
         if prev_rows == 0 {
             scorer.start(rows)?;
-        } else if rows != prev_rows || step.keep.iter().enumerate().any(|(i, &k)| i != k) {
+        } else if step.needs_gather(prev_rows) {
             scorer.gather(&step.keep)?;
         }
-        resets.clear();
-        resets.extend(step.reset.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i));
+        step.reset_rows_into(&mut resets);
         if !resets.is_empty() {
             scorer.reset(&resets)?;
         }

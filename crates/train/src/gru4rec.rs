@@ -250,11 +250,10 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
             let rows = step.rows();
             if prev_rows == 0 {
                 hidden = model.zero_state(rows)?;
-            } else if rows != prev_rows || step.keep.iter().enumerate().any(|(i, &k)| i != k) {
+            } else if step.needs_gather(prev_rows) {
                 adjust_state(&mut hidden, Some(&step.keep), &[])?;
             }
-            resets.clear();
-            resets.extend(step.reset.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i));
+            step.reset_rows_into(&mut resets);
             if !resets.is_empty() {
                 adjust_state(&mut hidden, None, &resets)?;
             }

@@ -35,8 +35,10 @@
 //! assert_eq!((step.inputs.clone(), step.targets.clone()), (vec![1, 4], vec![2, 5]));
 //! let step = batches.next_step().unwrap();
 //! assert_eq!((step.inputs.clone(), step.reset.clone()), (vec![2, 6], vec![false, true]));
+//! assert!(!step.needs_gather(2));
 //! let step = batches.next_step().unwrap(); // session 0 is done: the batch shrinks
 //! assert_eq!((step.inputs.clone(), step.keep.clone()), (vec![7], vec![1]));
+//! assert!(step.needs_gather(2));
 //! # Ok::<(), seqrec_data::Error>(())
 //! ```
 
@@ -84,6 +86,18 @@ impl SessionStep {
     /// Number of rows (active slots).
     pub fn rows(&self) -> usize {
         self.inputs.len()
+    }
+
+    /// True when the previous step's per-row state (`prev_rows` rows) must be
+    /// gathered by [`SessionStep::keep`] because rows were removed.
+    pub fn needs_gather(&self, prev_rows: usize) -> bool {
+        self.rows() != prev_rows || self.keep.iter().enumerate().any(|(i, &k)| i != k)
+    }
+
+    /// Replaces `out` with the rows that start a session (their state must be zeroed).
+    pub fn reset_rows_into(&self, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend(self.reset.iter().enumerate().filter(|(_, &r)| r).map(|(i, _)| i));
     }
 
     fn clear(&mut self) {
