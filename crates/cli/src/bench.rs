@@ -140,10 +140,7 @@ pub fn write_json(dir: &Path, name: &str, value: &Value) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
     let text = serde_json::to_string_pretty(value)? + "\n";
-    seqrec_data::io::write_atomic(&path, |f| {
-        use std::io::Write;
-        f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(&path, e))
-    })?;
+    seqrec_data::io::write_text_atomic(&path, &text)?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

@@ -115,6 +115,15 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The `--part` argument.
+fn parse_part(part: &str) -> Result<Part> {
+    match part {
+        "test" => Ok(Part::Test),
+        "valid" => Ok(Part::Valid),
+        other => bail!("--part: found `{other}`, expected test or valid"),
+    }
+}
+
 fn print_metrics(label: &str, m: &seqrec_eval::RankingMetrics) {
     for at in &m.at {
         println!(
@@ -129,11 +138,7 @@ fn print_metrics(label: &str, m: &seqrec_eval::RankingMetrics) {
 }
 
 pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
-    let part = match a.part.as_str() {
-        "test" => Part::Test,
-        "valid" => Part::Valid,
-        other => bail!("--part: found `{other}`, expected test or valid"),
-    };
+    let part = parse_part(&a.part)?;
     let loaded = load_run(&a.run, &candle_core::Device::Cpu)?;
     let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
     let m = evaluate_run(&loaded, &data, part)?;
@@ -237,10 +242,7 @@ fn write_recs(out: &Path, recs: &seqrec_train::gru4rec::Recommendations) -> Resu
     match ext {
         "json" => {
             let text = serde_json::to_string_pretty(recs)? + "\n";
-            seqrec_data::io::write_atomic(out, |f| {
-                use std::io::Write;
-                f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(out, e))
-            })?;
+            seqrec_data::io::write_text_atomic(out, &text)?;
         }
         "csv" => {
             let mut text = String::from("session,rank,item,score\n");
@@ -249,10 +251,7 @@ fn write_recs(out: &Path, recs: &seqrec_train::gru4rec::Recommendations) -> Resu
                     text.push_str(&format!("{},{},{},{}\n", r.session, i + 1, item, score));
                 }
             }
-            seqrec_data::io::write_atomic(out, |f| {
-                use std::io::Write;
-                f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(out, e))
-            })?;
+            seqrec_data::io::write_text_atomic(out, &text)?;
         }
         "parquet" => {
             let (mut s, mut rank, mut item, mut score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -299,11 +298,7 @@ pub struct BaselineArgs {
 pub fn run_baseline(a: BaselineArgs) -> Result<()> {
     use seqrec_models::baseline::{Markov, MostPopular};
     use seqrec_models::next_item::{evaluate_sessions, EvalConfig};
-    let part = match a.part.as_str() {
-        "test" => Part::Test,
-        "valid" => Part::Valid,
-        other => bail!("--part: found `{other}`, expected test or valid"),
-    };
+    let part = parse_part(&a.part)?;
     let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
     let n_ids = data.vocabs.get("item").context("the dataset has no item vocabulary")?.n_ids();
     let (store, parts) = (&data.events.store, &data.events.parts);

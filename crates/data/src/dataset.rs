@@ -91,10 +91,7 @@ impl DatasetMeta {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(META_FILE);
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::Invalid(format!("dataset.json: {e}")))?;
-        crate::io::write_atomic(&path, |f| {
-            use std::io::Write;
-            f.write_all(text.as_bytes()).map_err(|e| Error::io(&path, e))
-        })
+        crate::io::write_text_atomic(&path, &text)
     }
 
     /// Reads `dir/dataset.json`.

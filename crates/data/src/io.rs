@@ -37,6 +37,17 @@ where
     }
 }
 
+/// Writes `text` to `path` atomically ([`write_atomic`]).
+///
+/// # Errors
+/// The I/O error, naming `path`.
+pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, |f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
+    })
+}
+
 /// Builds a directory atomically: `build` fills a temporary sibling
 /// directory, which replaces `dir` only if it succeeds.
 ///

@@ -105,12 +105,7 @@ impl RunDir {
     /// # Errors
     /// I/O errors naming the file.
     pub fn write_text(&self, name: &str, text: &str) -> Result<()> {
-        let path = self.path(name);
-        seqrec_data::io::write_atomic(&path, |f| {
-            use std::io::Write;
-            f.write_all(text.as_bytes()).map_err(|e| seqrec_data::Error::io(&path, e))
-        })?;
-        Ok(())
+        Ok(seqrec_data::io::write_text_atomic(&self.path(name), text)?)
     }
 
     /// Reads a JSON file of the run.
