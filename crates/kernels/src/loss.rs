@@ -203,13 +203,42 @@ pub struct LossSpec<'a> {
 }
 
 /// CPU reference: the loss of `act(scores + bias)` (`scores` is `rows × cols`
-/// row-major, `bias` one value per column or empty) and its gradient with
-/// respect to the scores (same layout; the bias's gradient is its column sums).
-pub fn sampled_loss_cpu(spec: &LossSpec<'_>, scores: &[f32], bias: &[f32], cols: usize, grad: &mut [f32]) -> f64 {
+/// row-major, `bias` one value per column) and its gradient with respect to
+/// the scores (same layout; the bias's gradient is its column sums).
+///
+/// # Errors
+/// Scores that are not `[B, B + S]` with `B >= 1`, a batch size of 0, a bias
+/// or log-popularity vector without one value per column, or a gradient
+/// buffer of another size.
+pub fn sampled_loss_cpu(
+    spec: &LossSpec<'_>,
+    scores: &[f32],
+    bias: &[f32],
+    cols: usize,
+    grad: &mut [f32],
+) -> Result<f64> {
+    let rows = scores.len().checked_div(cols).unwrap_or(0);
+    if rows == 0 || rows > cols || rows * cols != scores.len() {
+        bail!("sampled loss: found {} scores in rows of {cols}, expected [B, B + S] with B >= 1", scores.len());
+    }
+    if spec.batch_size == 0 {
+        bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
+    }
+    if bias.len() != cols {
+        bail!("sampled loss: found {} biases, expected {cols} (one per column)", bias.len());
+    }
+    if let Some((lp, _)) = spec.log_pop {
+        if lp.len() != cols {
+            bail!("sampled loss: found {} log popularities, expected {cols} (one per column)", lp.len());
+        }
+    }
+    if grad.len() != scores.len() {
+        bail!("sampled loss: found a gradient buffer of {}, expected {}", grad.len(), scores.len());
+    }
     let scale = 1.0 / spec.batch_size as f64;
     if cols <= 1 {
         grad.iter_mut().for_each(|g| *g = 0.0);
-        return 0.0;
+        return Ok(0.0);
     }
     let losses: Vec<f64> = scores
         .par_chunks(cols)
@@ -234,7 +263,7 @@ pub fn sampled_loss_cpu(spec: &LossSpec<'_>, scores: &[f32], bias: &[f32], cols:
             loss
         })
         .collect();
-    losses.iter().sum::<f64>() * scale
+    Ok(losses.iter().sum::<f64>() * scale)
 }
 
 /// The fused loss as a candle op: `scores.apply_op2(&bias, op)` (`bias`
@@ -272,20 +301,6 @@ impl SampledLoss {
         let v = contiguous_f32(s, l, "scores")?;
         let bias = contiguous_f32(bs, bl, "bias")?;
         let &[rows, cols] = l.dims() else { bail!("sampled loss: expected [B, B + S] scores, found {:?}", l.dims()) };
-        if rows == 0 || rows > cols {
-            bail!("sampled loss: found scores of shape [{rows}, {cols}], expected [B, B + S] with B >= 1");
-        }
-        if self.batch_size == 0 {
-            bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
-        }
-        if bias.len() != cols {
-            bail!("sampled loss: found {} biases, expected {cols} (one per column)", bias.len());
-        }
-        if let Some((lp, _)) = &self.log_pop {
-            if lp.len() != cols {
-                bail!("sampled loss: found {} log popularities, expected {cols} (one per column)", lp.len());
-            }
-        }
         let mut grad = vec![0f32; rows * cols];
         let spec = LossSpec {
             kind: self.kind,
@@ -293,7 +308,7 @@ impl SampledLoss {
             log_pop: self.log_pop.as_ref().map(|(v, q)| (v.as_slice(), *q)),
             batch_size: self.batch_size,
         };
-        let loss = sampled_loss_cpu(&spec, v, bias, cols, &mut grad);
+        let loss = sampled_loss_cpu(&spec, v, bias, cols, &mut grad)?;
         Ok((loss, grad, rows, cols))
     }
 }
@@ -334,5 +349,29 @@ impl CustomOp2 for SampledLoss {
         let g = Tensor::from_vec(grad, (rows, cols), arg.device())?.broadcast_mul(grad_res)?;
         let gb = g.sum(0)?.reshape(bias.shape())?;
         Ok((Some(g), Some(gb)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_inputs_are_errors_naming_what_was_expected() {
+        let spec = LossSpec { kind: LossKind::CrossEntropy, act: Act::Linear, log_pop: None, batch_size: 2 };
+        let scores = [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6];
+        let mut grad = [0f32; 6];
+        assert!(sampled_loss_cpu(&spec, &scores, &[0.0; 3], 3, &mut grad).unwrap().is_finite());
+        let err = |spec: &LossSpec<'_>, bias: &[f32], cols: usize, grad: &mut [f32]| {
+            sampled_loss_cpu(spec, &scores, bias, cols, grad).unwrap_err().to_string()
+        };
+        assert!(err(&spec, &[0.0; 2], 3, &mut grad).contains("found 2 biases, expected 3"));
+        assert!(err(&spec, &[0.0; 1], 1, &mut grad).contains("expected [B, B + S]"));
+        assert!(err(&spec, &[0.0; 3], 3, &mut [0f32; 5]).contains("gradient buffer of 5"));
+        let zero = LossSpec { batch_size: 0, ..spec };
+        assert!(err(&zero, &[0.0; 3], 3, &mut grad).contains("batch size 0"));
+        let lp = [0.0f32; 2];
+        let logq = LossSpec { log_pop: Some((&lp, 1.0)), ..spec };
+        assert!(err(&logq, &[0.0; 3], 3, &mut grad).contains("found 2 log popularities, expected 3"));
     }
 }

@@ -530,8 +530,7 @@ impl Gru4Rec {
         let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
-        let y_const = y;
-        let scores = y_const.matmul(&o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        let scores = y.matmul(&o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
         let spec = seqrec_kernels::loss::LossSpec {
             kind: kernel_kind(&cfg.loss),
             act: self.shape.final_act.kernel_act(),
@@ -541,17 +540,8 @@ impl Gru4Rec {
             },
             batch_size: cfg.batch_size,
         };
-        if cfg.batch_size == 0 {
-            return Err(ModelError::Invalid("GRU4Rec step: batch size 0, expected the configured batch size".into()));
-        }
-        if let Some((lp, _)) = spec.log_pop {
-            if lp.len() != n_out {
-                let m = format!("GRU4Rec step: {} log popularities for {n_out} output columns", lp.len());
-                return Err(ModelError::Invalid(m));
-            }
-        }
         let mut d_scores = vec![0f32; rows * n_out];
-        let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores) as f32;
+        let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores)? as f32;
         let mut d_bias = vec![0f32; n_out];
         for row in d_scores.chunks(n_out) {
             for (acc, &g) in d_bias.iter_mut().zip(row) {
@@ -559,7 +549,7 @@ impl Gru4Rec {
             }
         }
         let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
-        let d_o = d_scores.t()?.matmul(&y_const)?;
+        let d_o = d_scores.t()?.matmul(&y)?;
         let d_y = d_scores.matmul(&o)?;
         let mut out = Vec::new();
         let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, &mut out)?;
