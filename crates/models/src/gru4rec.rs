@@ -142,14 +142,18 @@ pub struct Gru4RecShape {
 }
 
 impl Gru4RecShape {
-    fn check(&self) -> Result<()> {
+    /// Checks the sizes and drop probabilities; the error names the key.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for the first bad key.
+    pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(m));
         if self.layers.is_empty() || self.layers.contains(&0) {
-            return bad(format!("layers: found {:?}, expected one or more positive sizes", self.layers));
+            return bad(format!("key `layers`: found {:?}, expected one or more positive sizes", self.layers));
         }
         for (key, p) in [("dropout_p_embed", self.dropout_p_embed), ("dropout_p_hidden", self.dropout_p_hidden)] {
             if !(0.0..1.0).contains(&p) {
-                return bad(format!("{key}: found {p}, expected a drop probability in [0, 1)"));
+                return bad(format!("key `{key}`: found {p}, expected a drop probability in [0, 1)"));
             }
         }
         Ok(())

@@ -36,13 +36,23 @@ impl Optimizer {
     /// # Errors
     /// A learning rate that is not positive and finite, or a momentum outside `[0, 1)`.
     pub fn new(kind: OptimizerKind, lr: f32, momentum: f32) -> Result<Self> {
+        Self::check_settings(lr, momentum)?;
+        Ok(Optimizer { kind, lr, momentum, step: 0, states: BTreeMap::new() })
+    }
+
+    /// Checks a learning rate and a momentum; the error names the key.
+    ///
+    /// # Errors
+    /// [`ModelError::Invalid`] for a learning rate that is not positive and
+    /// finite, or a momentum outside `[0, 1)`.
+    pub fn check_settings(lr: f32, momentum: f32) -> Result<()> {
         if !(lr.is_finite() && lr > 0.0) {
-            return Err(ModelError::Invalid(format!("learning_rate: found {lr}, expected a positive number")));
+            return Err(ModelError::Invalid(format!("key `learning_rate`: found {lr}, expected a positive number")));
         }
         if !(0.0..1.0).contains(&momentum) {
-            return Err(ModelError::Invalid(format!("momentum: found {momentum}, expected a value in [0, 1)")));
+            return Err(ModelError::Invalid(format!("key `momentum`: found {momentum}, expected a value in [0, 1)")));
         }
-        Ok(Optimizer { kind, lr, momentum, step: 0, states: BTreeMap::new() })
+        Ok(())
     }
 
     /// Starts a step (Adam's bias correction counts steps).

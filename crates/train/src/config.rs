@@ -20,7 +20,7 @@ use std::path::Path;
 use seqrec_eval::TieMode;
 use seqrec_models::gru4rec::{FinalAct, Gru4RecShape};
 use seqrec_models::loss::Loss;
-use seqrec_models::optim::OptimizerKind;
+use seqrec_models::optim::{Optimizer, OptimizerKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -192,20 +192,8 @@ impl Gru4RecConfig {
                 return Err(format!("key `{key}`: found 0, expected a positive number"));
             }
         }
-        if self.layers.is_empty() || self.layers.contains(&0) {
-            return Err(format!("key `layers`: found {:?}, expected one or more positive sizes", self.layers));
-        }
-        for (key, p) in [("dropout_p_embed", self.dropout_p_embed), ("dropout_p_hidden", self.dropout_p_hidden)] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("key `{key}`: found {p}, expected a drop probability in [0, 1)"));
-            }
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(format!("key `learning_rate`: found {}, expected a positive number", self.learning_rate));
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return Err(format!("key `momentum`: found {}, expected a value in [0, 1)", self.momentum));
-        }
+        self.shape()?.check().map_err(|e| e.to_string())?;
+        Optimizer::check_settings(self.learning_rate, self.momentum).map_err(|e| e.to_string())?;
         if !(self.sample_alpha.is_finite() && self.sample_alpha >= 0.0) {
             return Err(format!("key `sample_alpha`: found {}, expected a number >= 0", self.sample_alpha));
         }
