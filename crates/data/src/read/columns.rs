@@ -54,7 +54,7 @@ impl Builder {
             Parse::IntKey(_) | Parse::Time(_) | Parse::Group => Builder::Int64(Vec::with_capacity(rows)),
             Parse::Label => Builder::Int8(Vec::with_capacity(rows)),
             Parse::Kind => Builder::UInt8(Vec::with_capacity(rows)),
-            Parse::Rating => Builder::Float32(Vec::with_capacity(rows)),
+            Parse::Rating(_) => Builder::Float32(Vec::with_capacity(rows)),
             Parse::Elapsed | Parse::Float => Builder::Float32Null(Float32Builder::with_capacity(rows)),
             Parse::Explained => Builder::BoolNull(BooleanBuilder::with_capacity(rows)),
             Parse::StrKey | Parse::Token => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 8)),
@@ -86,7 +86,7 @@ fn expected(parse: &Parse) -> &'static str {
         Parse::Time(TimeUnit::S) => "a time in seconds",
         Parse::Time(TimeUnit::Ms) => "a time in milliseconds",
         Parse::Time(TimeUnit::Iso8601) => "an ISO-8601 time like `2014-04-07T10:51:09.277Z`",
-        Parse::Rating | Parse::Elapsed | Parse::Float => "a number",
+        Parse::Rating(_) | Parse::Elapsed | Parse::Float => "a number",
         Parse::Label => "1, 0 or -1",
         Parse::Kind => "0 (question or item) or 1 (lecture)",
         Parse::Group => "an integer",
@@ -115,6 +115,15 @@ fn bad_float(parse: &Parse, v: &[u8], e: FloatError) -> String {
     }
 }
 
+/// A rating outside the recipe's `rating_range`.
+pub(crate) fn check_rating(x: f32, [lo, hi]: &[f32; 2]) -> Result<(), String> {
+    if (*lo..=*hi).contains(&x) {
+        Ok(())
+    } else {
+        Err(format!("rating {x} is outside the declared rating_range [{lo}, {hi}]"))
+    }
+}
+
 /// Pushes one field's value; `Err` holds the message.
 fn push(builder: &mut Builder, parse: &Parse, v: &[u8]) -> Result<(), String> {
     let bad = || bad_value(parse, v);
@@ -136,7 +145,13 @@ fn push(builder: &mut Builder, parse: &Parse, v: &[u8]) -> Result<(), String> {
             Some(x @ 0..=1) => b.push(x as u8),
             _ => return Err(bad()),
         },
-        (Builder::Float32(b), _) => b.push(parse_f32(v).map_err(|e| bad_float(parse, v, e))?),
+        (Builder::Float32(b), _) => {
+            let x = parse_f32(v).map_err(|e| bad_float(parse, v, e))?;
+            if let Parse::Rating(Some(range)) = parse {
+                check_rating(x, range)?;
+            }
+            b.push(x)
+        }
         (Builder::Float32Null(b), _) if v.is_empty() => b.append_null(),
         (Builder::Float32Null(b), _) => b.append_value(parse_f32(v).map_err(|e| bad_float(parse, v, e))?),
         (Builder::BoolNull(b), _) if v.is_empty() => b.append_null(),

@@ -26,8 +26,8 @@ pub(crate) enum Conv {
     Key(Option<KeyType>),
     /// Time in the unit (integers, floats, text) or a timestamp type → ms.
     Time(TimeUnit),
-    /// Required finite number → `Float32`.
-    Rating,
+    /// Required finite number → `Float32`, within the declared `[lo, hi]` if any.
+    Rating(Option<[f32; 2]>),
     /// -1, 0 or 1 → `Int8`.
     Label,
     /// 0 or 1 → `UInt8`.
@@ -79,7 +79,7 @@ pub(crate) fn expects(conv: &Conv, t: &DataType) -> Option<&'static str> {
         Conv::Key(_) => is_int(t) || is_text(t),
         Conv::Time(TimeUnit::Iso8601) => is_text(t) || matches!(t, DataType::Timestamp(..)),
         Conv::Time(_) => is_int(t) || is_float(t) || is_text(t) || matches!(t, DataType::Timestamp(..)),
-        Conv::Rating | Conv::Elapsed | Conv::Float => is_int(t) || is_float(t),
+        Conv::Rating(_) | Conv::Elapsed | Conv::Float => is_int(t) || is_float(t),
         Conv::Label | Conv::Kind | Conv::Group => is_int(t),
         Conv::Explained => is_int(t) || is_text(t),
         Conv::Token => is_int(t) || is_float(t) || is_text(t),
@@ -91,7 +91,7 @@ pub(crate) fn expects(conv: &Conv, t: &DataType) -> Option<&'static str> {
         Conv::Key(_) => "integers or text",
         Conv::Time(TimeUnit::Iso8601) => "ISO-8601 text or a timestamp",
         Conv::Time(_) => "integers, floats, text or a timestamp",
-        Conv::Rating | Conv::Elapsed | Conv::Float => "numbers",
+        Conv::Rating(_) | Conv::Elapsed | Conv::Float => "numbers",
         Conv::Label | Conv::Kind | Conv::Group => "integers",
         Conv::Explained => "booleans, 0/1 or True/False text",
         Conv::Token => "text or numbers",
@@ -321,7 +321,17 @@ pub(crate) fn convert(conv: &Conv, a: &dyn Array) -> Result<ArrayRef, Bad> {
             (false, _) => Arc::new(integers(a)?),
         },
         Conv::Time(unit) => Arc::new(time_ms(a, *unit)?),
-        Conv::Rating => Arc::new(floats32(a, false)?),
+        Conv::Rating(range) => {
+            let f = floats32(a, false)?;
+            if let Some(range) = range {
+                for (row, x) in f.iter().enumerate() {
+                    if let Some(x) = x {
+                        super::columns::check_rating(x, range).map_err(|m| (row, m))?;
+                    }
+                }
+            }
+            Arc::new(f)
+        }
         Conv::Label => small_ints::<Int8Type>(a, -1..=1, "1, 0 or -1")?,
         Conv::Kind => small_ints::<UInt8Type>(a, 0..=1, "0 (question or item) or 1 (lecture)")?,
         Conv::Group => Arc::new(integers(a)?),

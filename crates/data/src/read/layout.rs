@@ -188,8 +188,8 @@ pub(crate) enum Parse {
     StrKey,
     /// Time to milliseconds (`Int64`).
     Time(TimeUnit),
-    /// Rating (`Float32`).
-    Rating,
+    /// Rating (`Float32`), within the declared `[lo, hi]` if any.
+    Rating(Option<[f32; 2]>),
     /// 1, 0 or -1 (`Int8`).
     Label,
     /// 0 or 1 (`UInt8`).
@@ -328,7 +328,7 @@ pub(crate) fn resolve(src: &Source, header_line: Option<&[u8]>, first_line: Opti
                 Role::Seq => key(src.seq_type, "seq_type"),
                 Role::Item => key(src.item_type, "item_type"),
                 Role::Time => Parse::Time(src.time_unit.unwrap_or(p.time_unit)),
-                Role::Rating => Parse::Rating,
+                Role::Rating => Parse::Rating(src.rating_range),
                 Role::Label => Parse::Label,
                 Role::Kind => Parse::Kind,
                 Role::Group => Parse::Group,

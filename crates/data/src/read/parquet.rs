@@ -115,7 +115,7 @@ fn open_file(src: &Source, path: &Path) -> Result<ParquetFile> {
                 Role::Seq => Conv::Key(src.seq_type),
                 Role::Item => Conv::Key(src.item_type),
                 Role::Time => Conv::Time(src.time_unit.unwrap_or(p.time_unit)),
-                Role::Rating => Conv::Rating,
+                Role::Rating => Conv::Rating(src.rating_range),
                 Role::Label => Conv::Label,
                 Role::Kind => Conv::Kind,
                 Role::Group => Conv::Group,
@@ -179,7 +179,7 @@ fn output_type(conv: &Conv, t: &DataType) -> DataType {
         Conv::Key(Some(KeyType::Str)) => DataType::Utf8,
         Conv::Key(None) if text => DataType::Utf8,
         Conv::Key(None) | Conv::Time(_) | Conv::Group => DataType::Int64,
-        Conv::Rating | Conv::Elapsed | Conv::Float => DataType::Float32,
+        Conv::Rating(_) | Conv::Elapsed | Conv::Float => DataType::Float32,
         Conv::Label => DataType::Int8,
         Conv::Kind => DataType::UInt8,
         Conv::Explained => DataType::Boolean,
@@ -482,6 +482,15 @@ mod tests {
         assert_eq!(strs(&b, "item"), [Some("7".to_owned()), Some("8".to_owned()), Some("7".to_owned())]);
         assert_eq!(ints(&b, "time"), [1000, 2000, 3000]);
         assert_eq!(floats(&b, "rating"), [Some(4.5), Some(3.0), Some(5.0)]);
+        src.rating_range = Some([1.0, 4.5]);
+        match read_interactions_with(&src, &small_units()).unwrap().collect::<Result<Vec<_>>>().unwrap_err() {
+            Error::ParquetValue { row_group, row, name, message, .. } => {
+                assert_eq!((row_group, row, name.as_str()), (1, 0, "stars"));
+                assert!(message.contains("rating 5 is outside the declared rating_range [1, 4.5]"), "{message}");
+            }
+            other => panic!("expected a parquet value error, got {other}"),
+        }
+        src.rating_range = None;
         src.time_unit = Some(TimeUnit::S);
         src.columns.insert(Role::Time, ColumnRef::Index(1));
         let b: Vec<RecordBatch> = read_interactions_with(&src, &small_units()).unwrap().collect::<Result<_>>().unwrap();

@@ -245,6 +245,16 @@ mod tests {
     }
 
     #[test]
+    fn rating_outside_the_declared_range() {
+        let path = write("ratings.dat", b"1::1193::5::978300760\n1::661::6::978302109\n");
+        let mut src = source(Format::MovielensDat, &path);
+        assert!(all(&src, &ReadOptions::default()).is_ok(), "no range declared: any finite rating is read");
+        src.rating_range = Some([1.0, 5.0]);
+        let e = error(&src);
+        assert_parse(e, &path, 2, 3, "rating", "rating 6 is outside the declared rating_range [1, 5]");
+    }
+
+    #[test]
     fn nan_and_infinity_are_rejected() {
         for bad in ["NaN", "inf", "-Infinity"] {
             let path = write("ratings.dat", format!("1::1193::{bad}::978300760\n").as_bytes());

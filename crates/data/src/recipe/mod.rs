@@ -40,7 +40,9 @@
 //! or a table name → `token` | `float` | `token_seq`; interactions keep them as
 //! extra columns), `delimiter`, `header`, `names` (column names of a file
 //! without a header), `quote`, `list_delimiter` (separator inside
-//! `token_seq` values), `time_unit`, `seq_type`, `item_type`, `key_type`.
+//! `token_seq` values), `time_unit`, `seq_type`, `item_type`, `key_type`,
+//! `rating_range` (interactions: `[lowest, highest]`; a rating outside it is
+//! an error naming file, line and column).
 //!
 //! A format supplies defaults for all of these; the recipe overrides them:
 //!
@@ -353,6 +355,9 @@ valid = 1
             (format!("{MINIMAL}header = \"yes\"\n"), "interactions.header", "expected true or false, found string"),
             (format!("{MINIMAL}time_unit = \"h\"\n"), "interactions.time_unit", "expected one of `s`, `ms`, `iso8601`"),
             (format!("{MINIMAL}key = \"id\"\n"), "interactions.key", "side tables"),
+            (format!("{MINIMAL}rating_range = [5, 1]\n"), "interactions.rating_range", "must be below"),
+            (format!("{MINIMAL}rating_range = \"1-5\"\n"), "interactions.rating_range", "two numbers"),
+            (format!("{MINIMAL}rating_range = [1, 2, 3]\n"), "interactions.rating_range", "two numbers"),
             (format!("{MINIMAL}delimiter = \"\"\n"), "interactions.delimiter", "one or more characters"),
             (
                 format!("{MINIMAL}features = {{ a = \"tokens\" }}\n"),

@@ -45,6 +45,9 @@ pub struct Source {
     pub key_type: Option<KeyType>,
     /// Separator of the values of a `token_seq` field.
     pub list_delimiter: Option<String>,
+    /// Interactions: the declared rating scale `[lo, hi]`; a rating outside
+    /// it is an error naming where it was read.
+    pub rating_range: Option<[f32; 2]>,
 }
 
 /// File formats (recipe key `format`).
@@ -270,6 +273,7 @@ impl Source {
             item_type: None,
             key_type: None,
             list_delimiter: None,
+            rating_range: None,
         }
     }
 }
@@ -279,7 +283,7 @@ const KEY_TYPES: [(&str, KeyType); 2] = [("int", KeyType::Int), ("str", KeyType:
 const FEATURE_KINDS: [(&str, FeatureKind); 3] =
     [("token", FeatureKind::Token), ("float", FeatureKind::Float), ("token_seq", FeatureKind::TokenSeq)];
 
-const SOURCE_KEYS: [&str; 14] = [
+const SOURCE_KEYS: [&str; 15] = [
     "path",
     "format",
     "columns",
@@ -294,6 +298,7 @@ const SOURCE_KEYS: [&str; 14] = [
     "seq_type",
     "item_type",
     "key_type",
+    "rating_range",
 ];
 
 pub(super) fn read_source(
@@ -390,7 +395,30 @@ pub(super) fn read_source(
     src.seq_type = s.pick("seq_type", &KEY_TYPES)?;
     src.item_type = s.pick("item_type", &KEY_TYPES)?;
     src.key_type = s.pick("key_type", &KEY_TYPES)?;
+    src.rating_range = match s.table.remove("rating_range") {
+        None => None,
+        Some(v) => {
+            let expected = "a list of two numbers [lowest, highest]";
+            let nums: Option<Vec<f64>> = match &v {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|x| match x {
+                        Value::Integer(i) => Some(*i as f64),
+                        Value::Float(f) => Some(*f),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => None,
+            };
+            match nums.as_deref() {
+                Some(&[lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => Some([lo as f32, hi as f32]),
+                Some(&[_, _]) => return Err(s.error("rating_range", "the lowest rating must be below the highest")),
+                _ => return Err(s.wrong_type("rating_range", expected, &v)),
+            }
+        }
+    };
     let interaction_only = [
+        ("rating_range", src.rating_range.is_some()),
         ("time_unit", src.time_unit.is_some()),
         ("seq_type", src.seq_type.is_some()),
         ("item_type", src.item_type.is_some()),
