@@ -23,6 +23,8 @@
 //! `m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
 //!  p −= lr·(m/(1−β1^t)) / (√(v/(1−β2^t)) + ε)`, written into slot 1's
 //! place as the step is not stored: [`ApplyStep`] for Adam computes it.
+//! AdamW (Loshchilov & Hutter) first decays the parameter, `p −= lr·wd·p`,
+//! as PyTorch's `AdamW` does.
 
 use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -51,6 +53,8 @@ pub enum Rule {
         eps: f32,
         /// Step number, from 1.
         t: u64,
+        /// Decoupled weight decay (AdamW): `p −= lr·wd·p` before the step; 0 for Adam.
+        weight_decay: f32,
     },
 }
 
@@ -151,11 +155,12 @@ fn apply_step(rule: &Rule, p: &mut [f32], a: &[f32], b: &[f32]) {
                 *p += step;
             }
         }
-        Rule::Adam { lr, beta1, beta2, eps, t } => {
+        Rule::Adam { lr, beta1, beta2, eps, t, weight_decay } => {
             let c1 = 1.0 / (1.0 - beta1.powi(t.min(i32::MAX as u64) as i32));
             let c2 = 1.0 / (1.0 - beta2.powi(t.min(i32::MAX as u64) as i32));
+            let keep = 1.0 - lr * weight_decay;
             for ((p, &m), &v) in p.iter_mut().zip(a).zip(b) {
-                *p -= lr * (m * c1) / ((v * c2).sqrt() + eps);
+                *p = *p * keep - lr * (m * c1) / ((v * c2).sqrt() + eps);
             }
         }
     }
@@ -428,7 +433,13 @@ mod tests {
     }
 
     #[test]
-    fn adam_matches_its_definition() {
+    fn adam_and_adamw_match_their_definitions() {
+        for wd in [0.0f64, 0.01] {
+            adam_matches_its_definition(wd);
+        }
+    }
+
+    fn adam_matches_its_definition(wd: f64) {
         let dev = Device::Cpu;
         let (lr, b1, b2, eps) = (0.01f64, 0.9f64, 0.999f64, 1e-8f64);
         let init = values(6, 5);
@@ -438,9 +449,17 @@ mod tests {
         let (mut m, mut v) = (vec![0f64; 6], vec![0f64; 6]);
         for t in 1..=5u64 {
             let g = values(6, 20 + t);
-            let rule = Rule::Adam { lr: lr as f32, beta1: b1 as f32, beta2: b2 as f32, eps: eps as f32, t };
+            let rule = Rule::Adam {
+                lr: lr as f32,
+                beta1: b1 as f32,
+                beta2: b2 as f32,
+                eps: eps as f32,
+                t,
+                weight_decay: wd as f32,
+            };
             dense_step(rule, &p, &s, &Tensor::from_vec(g.clone(), 6, &dev).unwrap()).unwrap();
             for j in 0..6 {
+                want[j] *= 1.0 - lr * wd;
                 let gj = f64::from(g[j]);
                 m[j] = b1 * m[j] + (1.0 - b1) * gj;
                 v[j] = b2 * v[j] + (1.0 - b2) * gj * gj;

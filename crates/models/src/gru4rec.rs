@@ -219,16 +219,11 @@ fn glorot_blocks(rng: &mut Rng, rows: usize, fan_in: usize, h: usize, blocks: us
     Ok(Tensor::from_vec(v, (rows, h * blocks), dev)?)
 }
 
-/// σ(x) through tanh (finite for any finite x).
-fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    Ok(x.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)?)
-}
+use crate::nn::sigmoid;
 
-/// Inverted-dropout mask (`0` or `1 / (1 − p)`) of a `[rows, width]` tensor.
+/// Inverted-dropout mask of a `[rows, width]` tensor.
 fn dropout_mask(rng: &mut Rng, rows: usize, width: usize, p: f32, dev: &Device) -> Result<Tensor> {
-    let keep = 1.0 / (1.0 - p);
-    let v: Vec<f32> = (0..rows * width).map(|_| if rng.uniform() < f64::from(p) { 0.0 } else { keep }).collect();
-    Ok(Tensor::from_vec(v, (rows, width), dev)?)
+    crate::nn::dropout_mask(rng, &[rows, width], p, dev)
 }
 
 /// One mini-batch of session-parallel training.

@@ -6,13 +6,19 @@
 //!   batches, for any [`next_item::SessionScorer`].
 //! - [`baseline`]: most-popular and first-order Markov baselines.
 //! - [`gru4rec`]: the GRU4Rec network, its training step and scorer.
-//! - [`optim`]: Adagrad with momentum and Adam, dense and sparse (row) updates.
+//! - [`optim`]: Adagrad with momentum, Adam and AdamW, dense and sparse (row) updates.
+//! - [`nn`]: seeded parameters and PyTorch-style layers for the autograd models.
+//! - [`rating`]: rating batches, the median baseline and matrix factorisation;
+//!   [`bst`]: the Behaviour Sequence Transformer for ratings.
 
 pub mod baseline;
+pub mod bst;
 pub mod error;
 pub mod gru4rec;
 pub mod loss;
 pub mod next_item;
+pub mod nn;
 pub mod optim;
+pub mod rating;
 
 pub use error::ModelError;

@@ -18,6 +18,10 @@ pub enum OptimizerKind {
     Adagrad,
     /// Adam (β1 0.9, β2 0.999, ε 1e-8), lazy on sparse rows.
     Adam,
+    /// AdamW: Adam with decoupled weight decay (PyTorch's default 0.01,
+    /// [`Optimizer::with_weight_decay`]).
+    #[serde(rename = "adamw")]
+    AdamW,
 }
 
 /// Optimiser state: one state tensor per parameter name.
@@ -26,6 +30,8 @@ pub struct Optimizer {
     kind: OptimizerKind,
     lr: f32,
     momentum: f32,
+    beta1: f32,
+    weight_decay: f32,
     step: u64,
     states: BTreeMap<String, Tensor>,
 }
@@ -37,7 +43,34 @@ impl Optimizer {
     /// A learning rate that is not positive and finite, or a momentum outside `[0, 1)`.
     pub fn new(kind: OptimizerKind, lr: f32, momentum: f32) -> Result<Self> {
         Self::check_settings(lr, momentum)?;
-        Ok(Optimizer { kind, lr, momentum, step: 0, states: BTreeMap::new() })
+        let weight_decay = if kind == OptimizerKind::AdamW { 0.01 } else { 0.0 };
+        Ok(Optimizer { kind, lr, momentum, beta1: 0.9, weight_decay, step: 0, states: BTreeMap::new() })
+    }
+
+    /// Sets AdamW's decoupled weight decay (ignored by the other kinds).
+    ///
+    /// # Errors
+    /// A negative or non-finite value.
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Result<Self> {
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return Err(ModelError::Invalid(format!(
+                "key `weight_decay`: found {weight_decay}, expected a number >= 0"
+            )));
+        }
+        if self.kind == OptimizerKind::AdamW {
+            self.weight_decay = weight_decay;
+        }
+        Ok(self)
+    }
+
+    /// Changes the learning rate (schedules).
+    pub fn set_learning_rate(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+
+    /// Changes Adam's β1 (one-cycle schedules cycle it as momentum).
+    pub fn set_beta1(&mut self, beta1: f32) {
+        self.beta1 = beta1;
     }
 
     /// Checks a learning rate and a momentum; the error names the key.
@@ -68,7 +101,14 @@ impl Optimizer {
     fn rule(&self) -> Rule {
         match self.kind {
             OptimizerKind::Adagrad => Rule::AdagradM { lr: self.lr, momentum: self.momentum, eps: 1e-6 },
-            OptimizerKind::Adam => Rule::Adam { lr: self.lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: self.step.max(1) },
+            OptimizerKind::Adam | OptimizerKind::AdamW => Rule::Adam {
+                lr: self.lr,
+                beta1: self.beta1,
+                beta2: 0.999,
+                eps: 1e-8,
+                t: self.step.max(1),
+                weight_decay: self.weight_decay,
+            },
         }
     }
 
