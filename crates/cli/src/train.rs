@@ -75,6 +75,12 @@ pub struct RecommendArgs {
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
+    if let Some(path) = &a.config {
+        let model = seqrec_train::config::config_model(path)?;
+        if seqrec_train::rating::RATING_MODELS.contains(&model.as_str()) {
+            return run_train_rating(&a, path, &data);
+        }
+    }
     let (cfg, run) = if a.resume {
         let run = RunDir::open(&a.run)?;
         let cfg = Gru4RecConfig::load(&run.path("config.toml"))?;
@@ -109,6 +115,42 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         );
         if let Some(t) = &outcome.test {
             print_metrics("test", t);
+        }
+        println!("run directory: {}", run.dir.display());
+    }
+    Ok(())
+}
+
+/// `seqrec train` with a rating config (median, MF, BST).
+fn run_train_rating(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<()> {
+    if a.resume || a.init_from.is_some() {
+        bail!("--resume and --init-from are not available for rating models yet; train anew");
+    }
+    let cfg = seqrec_train::rating::RatingConfig::load(config)?;
+    let run = RunDir::create(&a.run)?;
+    let opts = seqrec_train::rating::RatingOptions { device: candle_core::Device::Cpu, progress: true };
+    let outcome = seqrec_train::rating::train_rating(&cfg, data, &run, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "{}: {} epochs ({:.1} s/epoch), kept epoch {}; split: {}",
+            outcome.model,
+            outcome.epochs,
+            outcome.seconds_per_epoch,
+            outcome.best_epoch,
+            outcome.split.get("kind").and_then(|k| k.as_str()).unwrap_or("?")
+        );
+        for (label, m) in [("valid", &outcome.valid), ("test", &outcome.test)] {
+            if let Some(m) = m {
+                println!(
+                    "{label}: MAE {:.4}  MSE {:.4}  RMSE {:.4}  ({} ratings)",
+                    m.mae.unwrap_or(f64::NAN),
+                    m.mse.unwrap_or(f64::NAN),
+                    m.rmse.unwrap_or(f64::NAN),
+                    m.n
+                );
+            }
         }
         println!("run directory: {}", run.dir.display());
     }

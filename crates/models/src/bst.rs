@@ -87,7 +87,7 @@ impl BstShape {
         if self.mlp.is_empty() || self.mlp.contains(&0) {
             return bad("mlp", format!("found {:?}, expected one or more widths > 0", self.mlp));
         }
-        if !(self.range.lo < self.range.hi) {
+        if self.range.lo.partial_cmp(&self.range.hi) != Some(std::cmp::Ordering::Less) {
             return bad("output_range", format!("[{}, {}] is empty", self.range.lo, self.range.hi));
         }
         Ok(())
@@ -140,7 +140,7 @@ impl Bst {
     /// Bad settings ([`BstShape::check`]) or a failing op.
     pub fn new(shape: &BstShape, seed: u64, dev: &Device) -> Result<Self> {
         shape.check()?;
-        let mut rng = Rng::fork(seed, 0x4253_54);
+        let mut rng = Rng::fork(seed, 0x0042_5354);
         let mut p = Params::new();
         let d = shape.embedding;
         let items = p.normal("item_embedding", &[shape.n_items.max(1), d], 1.0, &mut rng, dev)?;

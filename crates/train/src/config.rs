@@ -29,6 +29,8 @@ use crate::error::{Result, TrainError};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Gru4RecConfig {
+    /// `gru4rec` (the key tells `seqrec train` which trainer reads the file).
+    pub model: String,
     /// Hidden sizes of the GRU layers.
     pub layers: Vec<usize>,
     /// Session-parallel mini-batch size (also the loss's divisor).
@@ -85,6 +87,7 @@ pub struct Gru4RecConfig {
 impl Default for Gru4RecConfig {
     fn default() -> Self {
         Gru4RecConfig {
+            model: "gru4rec".into(),
             layers: vec![100],
             batch_size: 64,
             loss: "cross-entropy".into(),
@@ -183,6 +186,9 @@ impl Gru4RecConfig {
     /// # Errors
     /// The first bad key, as a message.
     pub fn check(&self) -> std::result::Result<(), String> {
+        if self.model != "gru4rec" {
+            return Err(format!("key `model`: found `{}`, expected `gru4rec` for a GRU4Rec config", self.model));
+        }
         self.loss_fn()?;
         self.final_activation()?;
         self.metric()?;
@@ -270,8 +276,27 @@ impl Gru4RecConfig {
     }
 }
 
+/// The `model` key of a run config file (`gru4rec` when absent), telling
+/// which trainer reads it.
+///
+/// # Errors
+/// An unreadable file, TOML that does not parse, or a `model` that is not a string.
+pub fn config_model(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, &text) })?;
+    match table.get("model") {
+        None => Ok("gru4rec".into()),
+        Some(toml::Value::String(s)) => Ok(s.clone()),
+        Some(v) => Err(TrainError::Config {
+            path: path.to_path_buf(),
+            message: format!("key `model`: expected a string such as \"gru4rec\" or \"bst\", found `{v}`"),
+        }),
+    }
+}
+
 /// toml's message on one line: "line L, column C: what", naming the key when found.
-fn toml_message(e: &toml::de::Error, text: &str) -> String {
+pub(crate) fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let what = e.message().trim().to_owned();
     match e.span() {
         Some(span) => {

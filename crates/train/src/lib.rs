@@ -4,6 +4,8 @@
 //! - [`config`]: the GRU4Rec run config (the papers' key names; unknown keys are errors).
 //! - [`gru4rec`]: training (early stopping, best checkpoint, exact resume,
 //!   retraining a saved model on new sessions), evaluation and recommendation.
+//! - [`rating`]: median baseline, MF and BST rating models (MAE/RMSE).
+//! - [`schedule`]: constant and one-cycle learning rates.
 //! - [`run`]: the run directory's files.
 //! - [`progress`]: the progress bar.
 
@@ -11,7 +13,9 @@ pub mod config;
 pub mod error;
 pub mod gru4rec;
 pub mod progress;
+pub mod rating;
 pub mod run;
+pub mod schedule;
 
 pub use config::Gru4RecConfig;
 pub use error::{Result, TrainError};
