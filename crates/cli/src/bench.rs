@@ -21,6 +21,36 @@ pub enum BenchCommand {
     /// and 40,000 items; training and evaluation events/s, Recall@20, MRR@20
     /// beside the oracle's.
     Gru4rec(Gru4recArgs),
+    /// Median baseline, MF and BST on MovieLens (leave-last-one-out): test
+    /// MAE/MSE/RMSE, seconds per epoch and the time to build the windows.
+    Rating(RatingArgs),
+}
+
+/// Arguments of `bench rating`.
+#[derive(Debug, Args)]
+pub struct RatingArgs {
+    /// One epoch of MF and of a small BST, for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Dataset recipe (MovieLens with users and items tables).
+    #[arg(long, default_value = "datasets/ml-100k.toml")]
+    recipe: PathBuf,
+    /// Run configs, one per model (`model = "median" | "mf" | "bst"`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "configs/median-ml-100k.toml,configs/mf-ml-100k.toml,configs/bst-ml-100k.toml"
+    )]
+    configs: Vec<PathBuf>,
+    /// Override every config's `n_epochs`.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Folder for the prepared dataset and the runs.
+    #[arg(long, default_value = "target/bench/work")]
+    work: PathBuf,
+    /// Folder to write rating.json into.
+    #[arg(long, default_value = "target/bench")]
+    json: PathBuf,
 }
 
 /// Arguments of `bench gru4rec`.
@@ -73,6 +103,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Ingest(a) => ingest(a),
         BenchCommand::Gru4rec(a) => gru4rec(a),
+        BenchCommand::Rating(a) => rating(a),
     }
 }
 
@@ -228,4 +259,82 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
         );
     }
     write_json(&a.json, "gru4rec", &Value::Array(rows))
+}
+
+/// The settings `--quick` trains BST with: the configured model at a size
+/// that finishes in seconds in a debug build.
+const QUICK_BST: &str = "len = 5\nembedding = 16\nheads = 2\nffn_dim = 32\nmlp = [32, 16, 8]\n";
+
+fn rating(a: RatingArgs) -> Result<()> {
+    use seqrec_train::rating::{train_rating, RatingConfig, RatingOptions};
+    let recipe = seqrec_data::recipe::Recipe::load(&a.recipe)?;
+    let prepared = a.work.join(format!("{}-prepared", recipe.name));
+    let t = Instant::now();
+    let meta = seqrec_data::prepare::prepare(&recipe, &prepared)?;
+    let prepare_dataset_s = t.elapsed().as_secs_f64();
+    let data = seqrec_data::dataset::Dataset::open(&prepared)?;
+    let mut rows = Vec::new();
+    for path in &a.configs {
+        let mut text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let epochs = if a.quick { Some(1) } else { a.epochs };
+        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if let Some(n) = epochs {
+            table.insert("n_epochs".into(), toml::Value::Integer(n as i64));
+        }
+        if a.quick && table.get("model").and_then(|m| m.as_str()) == Some("bst") {
+            let small: toml::Table = toml::from_str(QUICK_BST)?;
+            table.extend(small);
+        }
+        text = toml::to_string(&table)?;
+        let cfg = RatingConfig::from_toml_str(&text, path)?;
+        let run_dir = a.work.join(format!("{}-{}", recipe.name, cfg.model));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let run = seqrec_train::run::RunDir::create(&run_dir)?;
+        let opts = RatingOptions { device: candle_core::Device::Cpu, progress: false };
+        let out = train_rating(&cfg, &data, &run, &opts)?;
+        let test = out.test.clone().context("the dataset has a test part")?;
+        rows.push(json!({
+            "model": out.model,
+            "config": path,
+            "dataset": recipe.name,
+            "split": out.split["kind"],
+            "mae": test.mae,
+            "mse": test.mse,
+            "rmse": test.rmse,
+            "test_ratings": test.n,
+            "valid_mae": out.valid.as_ref().and_then(|v| v.mae),
+            "epochs": out.epochs,
+            "best_epoch": out.best_epoch,
+            "seconds_per_epoch": out.seconds_per_epoch,
+            "windows_seconds": out.prepare_seconds,
+            "prepare_dataset_seconds": prepare_dataset_s,
+            "parameters": out.parameters,
+            "quick": a.quick,
+        }));
+    }
+    println!(
+        "{} ({}; {} ratings read, split {}):",
+        recipe.name,
+        a.recipe.display(),
+        meta.rows_read,
+        meta.split["kind"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<8} {:>8} {:>8} {:>8} {:>10} {:>7} {:>9} {:>10}",
+        "model", "MAE", "MSE", "RMSE", "valid MAE", "epochs", "s/epoch", "windows s"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:>8.4} {:>8.4} {:>8.4} {:>10.4} {:>7} {:>9.2} {:>10.3}",
+            r["model"].as_str().unwrap_or(""),
+            r["mae"].as_f64().unwrap_or(f64::NAN),
+            r["mse"].as_f64().unwrap_or(f64::NAN),
+            r["rmse"].as_f64().unwrap_or(f64::NAN),
+            r["valid_mae"].as_f64().unwrap_or(f64::NAN),
+            r["epochs"],
+            r["seconds_per_epoch"].as_f64().unwrap_or(f64::NAN),
+            r["windows_seconds"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    write_json(&a.json, "rating", &Value::Array(rows))
 }

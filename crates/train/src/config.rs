@@ -367,11 +367,22 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                Gru4RecConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                let model = config_model(&path).unwrap_or_else(|e| panic!("{e}"));
+                if crate::rating::RATING_MODELS.contains(&model.as_str()) {
+                    crate::rating::RatingConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                } else {
+                    Gru4RecConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                }
                 n += 1;
             }
         }
-        assert!(n >= 2, "expected the shipped configs in {}", dir.display());
+        assert!(n >= 5, "expected the shipped configs in {}", dir.display());
+    }
+
+    #[test]
+    fn a_rating_model_in_a_gru4rec_config_is_named() {
+        let e = parse("model = \"bst\"").unwrap_err().to_string();
+        assert!(e.contains("key `model`") && e.contains("gru4rec"), "{e}");
     }
 
     #[test]

@@ -165,8 +165,18 @@ fn push(builder: &mut Builder, parse: &Parse, v: &[u8]) -> Result<(), String> {
                 let (piece, tail) = delim.split_once(rest);
                 if !piece.is_empty() {
                     b.values().append_value(decode_text(piece));
+                } else if !delim.is_blank() {
+                    // `Comedy||Drama`, `|Comedy`, `Comedy|`: a value is missing.
+                    return Err(format!(
+                        "malformed list {}: an empty value between `{}` separators",
+                        shown(v),
+                        delim.shown()
+                    ));
                 }
                 rest = tail;
+            }
+            if !v.is_empty() && !delim.is_blank() && v.ends_with(delim.bytes()) {
+                return Err(format!("malformed list {}: it ends with a `{}` separator", shown(v), delim.shown()));
             }
             b.append(true);
         }

@@ -95,6 +95,16 @@ impl Delimiter {
         String::from_utf8_lossy(&self.0).replace('\t', "\\t")
     }
 
+    /// The delimiter's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// True for a delimiter of spaces or tabs only (where runs of it are one separator).
+    pub(crate) fn is_blank(&self) -> bool {
+        self.0.iter().all(|&b| b == b' ' || b == b'\t')
+    }
+
     /// `text` split at its first delimiter (all of it and nothing when there is none).
     pub(crate) fn split_once<'a>(&self, text: &'a [u8]) -> (&'a [u8], &'a [u8]) {
         match self.find(text) {

@@ -255,6 +255,21 @@ mod tests {
     }
 
     #[test]
+    fn malformed_genres_are_errors() {
+        for (bad, what) in [("Comedy||Drama", "empty value"), ("|Comedy", "empty value"), ("Comedy|", "ends with")] {
+            let path =
+                write("movies.dat", format!("1::Toy Story (1995)::Animation\n2::Heat (1995)::{bad}\n").as_bytes());
+            let src = Source::new(Table::Items, &path, Format::MovielensDat);
+            let e = read_table(&src, &ReadOptions::default()).unwrap_err();
+            assert_parse(e, &path, 2, 3, "genres", what);
+        }
+        // No genres at all is an empty list, not an error.
+        let path = write("movies.dat", b"1::Toy Story (1995)::\n");
+        let src = Source::new(Table::Items, &path, Format::MovielensDat);
+        assert!(read_table(&src, &ReadOptions::default()).is_ok());
+    }
+
+    #[test]
     fn nan_and_infinity_are_rejected() {
         for bad in ["NaN", "inf", "-Infinity"] {
             let path = write("ratings.dat", format!("1::1193::{bad}::978300760\n").as_bytes());
