@@ -215,7 +215,8 @@ impl Bst {
         let real: Vec<f32> = batch.history.iter().map(|&i| f32::from(u8::from(i != 0))).collect();
         let real = Tensor::from_vec(real, (b * h, 1), dev)?;
         let x = (self.items.index_select(&hist, 0)? + self.ratings.index_select(&rats, 0)?)?.broadcast_mul(&real)?;
-        Ok(x.reshape((b, h, d))?.broadcast_add(&self.positions.unsqueeze(0)?)?)
+        let pos = nn::rows_of(&self.positions.flatten_all()?, b)?;
+        Ok((x.reshape((b, h * d))? + pos)?.reshape((b, h, d))?)
     }
 
     fn attention(&self, layer: &EncoderLayer, x: &Tensor, mask: &Tensor, rng: &mut Option<&mut Rng>) -> Result<Tensor> {

@@ -154,7 +154,7 @@ impl Linear {
         let dims = x.dims().to_vec();
         let fan_in = *dims.last().ok_or_else(|| ModelError::Invalid("linear layer on a scalar".into()))?;
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, fan_in))?.matmul(&self.w.t()?)?.broadcast_add(&self.b)?;
+        let y = (x.reshape((rows, fan_in))?.matmul(&self.w.t()?)? + rows_of(&self.b, rows)?)?;
         let mut out = dims;
         *out.last_mut().expect("non-empty") = self.w.dim(0)?;
         Ok(y.reshape(out)?)
@@ -182,7 +182,11 @@ impl LayerNorm {
         let centred = x.broadcast_sub(&(x.sum_keepdim(D::Minus1)? / width)?)?;
         let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / width)?;
         let normed = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
-        Ok(normed.broadcast_mul(&self.gamma)?.broadcast_add(&self.beta)?)
+        let dims = normed.dims().to_vec();
+        let rows = normed.elem_count() / self.gamma.elem_count();
+        let flat = normed.reshape((rows, self.gamma.elem_count()))?;
+        let y = ((flat * rows_of(&self.gamma, rows)?)? + rows_of(&self.beta, rows)?)?;
+        Ok(y.reshape(dims)?)
     }
 }
 
@@ -225,7 +229,7 @@ impl BatchNorm {
             let centred = x.broadcast_sub(&mean)?;
             let var = centred.sqr()?.mean_keepdim(0)?;
             let y = centred.broadcast_div(&(&var + 1e-5)?.sqrt()?)?;
-            let y = y.broadcast_mul(&self.gamma)?.broadcast_add(&self.beta)?;
+            let y = ((y * rows_of(&self.gamma, n)?)? + rows_of(&self.beta, n)?)?;
             let unbiased = (var.detach().squeeze(0)? * (n as f64 / (n - 1) as f64))?;
             let new_mean = ((rm * 0.9)? + (mean.detach().squeeze(0)? * 0.1)?)?;
             let new_var = ((rv * 0.9)? + (unbiased * 0.1)?)?;
@@ -242,6 +246,17 @@ impl BatchNorm {
         p.set_buffer(&format!("{}.running_mean", self.name), m);
         p.set_buffer(&format!("{}.running_var", self.name), v);
     }
+}
+
+/// `v` (`[C]`) repeated as the `rows` rows of a `[rows, C]` tensor, as the
+/// outer product `1 · vᵀ`. Autograd then sums its gradient over the rows
+/// with a matrix product; candle's generic reduction over a leading
+/// dimension (what a `broadcast_add` backward does) cost a tenth of a BST
+/// step.
+pub fn rows_of(v: &Tensor, rows: usize) -> Result<Tensor> {
+    let c = v.elem_count();
+    let ones = Tensor::ones((rows, 1), v.dtype(), v.device())?;
+    Ok(ones.matmul(&v.reshape((1, c))?)?)
 }
 
 /// σ(x) through tanh (finite for any finite x).
