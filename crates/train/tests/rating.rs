@@ -22,6 +22,10 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// 160 users × 40 ratings of 60 movies; rating = round(3.4 + b_u + b_i + mood), clamped to 1..5.
 fn dataset(dir: &Path) -> Dataset {
+    dataset_split(dir, "kind = \"leave_last_out\"\nn = 1\nvalid = 1\n")
+}
+
+fn dataset_split(dir: &Path, split: &str) -> Dataset {
     let mut rng = Rng::new(11);
     let (n_users, n_items, per_user) = (160usize, 60usize, 40usize);
     let item_bias: Vec<f64> = (0..n_items).map(|_| rng.normal() * 0.6).collect();
@@ -45,8 +49,9 @@ fn dataset(dir: &Path) -> Dataset {
         columns = { seq = \"user\", item = \"movie\", rating = \"stars\", time = \"ts\" }\n\
         rating_range = [1, 5]\n\
         [users]\npath = \"users.csv\"\nkey = \"user\"\nfeatures = [\"gender\", \"age\"]\n\
-        [split]\nkind = \"leave_last_out\"\nn = 1\nvalid = 1\n";
-    let recipe = Recipe::from_toml_str(recipe, &dir.join("recipe.toml")).unwrap().with_dir(dir.to_path_buf());
+        [split]\n";
+    let recipe = format!("{recipe}{split}");
+    let recipe = Recipe::from_toml_str(&recipe, &dir.join("recipe.toml")).unwrap().with_dir(dir.to_path_buf());
     seqrec_data::prepare::prepare(&recipe, &dir.join("prepared")).unwrap();
     Dataset::open(&dir.join("prepared")).unwrap()
 }
@@ -96,6 +101,18 @@ fn mf_and_bst_beat_the_median_on_planted_ratings() {
     assert_eq!(results["test"]["mae"].as_f64().unwrap(), mae(&bst));
     let lines = std::fs::read_to_string(dir.join("bst/metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), bst.epochs);
+}
+
+#[test]
+fn a_global_time_cut_is_named_in_the_results() {
+    let dir = scratch("time-cut");
+    // Users are 10,000 s apart: the cut puts the last 40 users' ratings in test.
+    let data = dataset_split(&dir, "kind = \"time_cut\"\ntest_from = 2200000000\nvalid_from = 2100000000\n");
+    let median = run(&config("model = \"median\""), &data, &dir.join("median"));
+    assert_eq!(median.split["kind"], "time_cut");
+    let mf = run(&config("model = \"mf\"\nn_factors = 4\nn_epochs = 2\nbatch_size = 64\n"), &data, &dir.join("mf"));
+    assert_eq!(mf.split["kind"], "time_cut");
+    assert!(mf.test.as_ref().unwrap().n > 1000, "{:?}", mf.test);
 }
 
 #[test]
