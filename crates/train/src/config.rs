@@ -175,10 +175,7 @@ impl Gru4RecConfig {
     /// # Errors
     /// As [`Gru4RecConfig::load`].
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: Gru4RecConfig = toml::from_str(text)
-            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, text) })?;
-        cfg.check().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
-        Ok(cfg)
+        parse_checked(text, path, Self::check)
     }
 
     /// Checks every value; the error names the key and what was expected.
@@ -274,6 +271,19 @@ impl Gru4RecConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
+}
+
+/// Parses run-config text and checks it; errors name `path`, and the key
+/// with its line and column (parse and type errors) or what `check` says.
+pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+    check: impl Fn(&T) -> std::result::Result<(), String>,
+) -> Result<T> {
+    let cfg: T = toml::from_str(text)
+        .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, text) })?;
+    check(&cfg).map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+    Ok(cfg)
 }
 
 /// The `model` key of a run config file (`gru4rec` when absent), telling

@@ -31,7 +31,7 @@ use seqrec_models::optim::{Optimizer, OptimizerKind};
 use seqrec_models::rating::{median_rating, Mf, MfShape, OutputRange, RatingBatch, RatingModel};
 use serde::{Deserialize, Serialize};
 
-use crate::config::toml_message;
+use crate::config::parse_checked;
 use crate::error::{Result, TrainError};
 use crate::progress::Progress;
 use crate::run::{RunDir, RunInfo};
@@ -143,10 +143,7 @@ impl RatingConfig {
     /// # Errors
     /// As [`RatingConfig::load`].
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: RatingConfig = toml::from_str(text)
-            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, text) })?;
-        cfg.check().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
-        Ok(cfg)
+        parse_checked(text, path, Self::check)
     }
 
     /// Checks every value; the error names the key and what was expected.
@@ -182,7 +179,6 @@ impl RatingConfig {
         if self.n_factors == 0 {
             return Err("key `n_factors`: found 0, expected a positive number".into());
         }
-        Optimizer::check_settings(self.learning_rate, 0.0).map_err(|e| e.to_string())?;
         Optimizer::new(self.optimizer, self.learning_rate, 0.0)
             .and_then(|o| o.with_weight_decay(self.weight_decay))
             .map_err(|e| e.to_string())?;
@@ -347,8 +343,9 @@ impl Inputs {
         self.rating_values.binary_search_by(|v| v.total_cmp(&r)).map_or(0, |i| i as u32 + 1)
     }
 
-    /// Fills `out` from a window batch.
-    fn batch_into(&self, store: &SequenceStore, w: &WindowBatch, out: &mut RatingBatch) {
+    /// Fills `out` from a window batch; without `history` (MF) the history
+    /// columns are left empty.
+    fn batch_into(&self, store: &SequenceStore, w: &WindowBatch, history: bool, out: &mut RatingBatch) {
         let n = w.rows();
         out.users.clear();
         out.users.extend(w.seq_index.iter().map(|&s| store.seq_ids[s]));
@@ -357,17 +354,20 @@ impl Inputs {
             dst.clear();
             dst.extend(out.users.iter().map(|&u| f.by_user.get(u as usize).copied().unwrap_or(0)));
         }
-        out.history_len = w.len;
         out.history.clear();
-        out.history.extend_from_slice(&w.history);
         out.history_ratings.clear();
-        out.history_ratings.extend(w.history.iter().zip(&w.history_ratings).map(|(&i, &r)| {
-            if i == 0 {
-                0
-            } else {
-                self.rating_id(r)
-            }
-        }));
+        out.history_len = 0;
+        if history {
+            out.history_len = w.len;
+            out.history.extend_from_slice(&w.history);
+            out.history_ratings.extend(w.history.iter().zip(&w.history_ratings).map(|(&i, &r)| {
+                if i == 0 {
+                    0
+                } else {
+                    self.rating_id(r)
+                }
+            }));
+        }
         out.targets.clear();
         out.targets.extend_from_slice(&w.targets);
         out.ratings.clear();
@@ -429,17 +429,15 @@ pub struct RatingOutcome {
     pub user_features: Vec<String>,
 }
 
-/// Builds every batch of `part` once (evaluation, and the preparation timing).
-fn batches_of(
+/// Windows over the events of `part`: every event a target (first events
+/// too), `len − 1` history events for BST (one, unused, for MF).
+fn windows_of<'a>(
     cfg: &RatingConfig,
-    inputs: &Inputs,
-    data: &Dataset,
-    part: Part,
+    data: &'a Dataset,
+    select: &'a [Part],
     batch_size: usize,
     shuffle: Option<u64>,
-) -> Result<Vec<RatingBatch>> {
-    let store = &data.events.store;
-    let select = [part];
+) -> Result<Windows<'a>> {
     let wcfg = WindowsConfig {
         len: cfg.history_len().max(1),
         batch_size,
@@ -447,16 +445,17 @@ fn batches_of(
         shuffle: shuffle.is_some(),
         seed: shuffle.unwrap_or(0),
     };
-    let mut windows = Windows::new(store, Targets::of(&data.events.parts, &select), &wcfg)?;
+    Ok(Windows::new(&data.events.store, Targets::of(&data.events.parts, select), &wcfg)?)
+}
+
+/// Every evaluation batch of `part`, built once.
+fn batches_of(cfg: &RatingConfig, inputs: &Inputs, data: &Dataset, part: Part) -> Result<Vec<RatingBatch>> {
+    let select = [part];
+    let mut windows = windows_of(cfg, data, &select, cfg.eval_batch_size, None)?;
     let mut out = Vec::with_capacity(windows.n_batches());
     while let Some(w) = windows.next_batch() {
         let mut b = RatingBatch::default();
-        inputs.batch_into(store, w, &mut b);
-        if cfg.history_len() == 0 {
-            b.history_len = 0;
-            b.history.clear();
-            b.history_ratings.clear();
-        }
+        inputs.batch_into(&data.events.store, w, cfg.history_len() > 0, &mut b);
         out.push(b);
     }
     Ok(out)
@@ -502,7 +501,8 @@ fn median_outcome(data: &Dataset, run: &RunDir, split: serde_json::Value) -> Res
         for (&r, _) in ratings.iter().zip(parts).filter(|(_, &p)| p == part) {
             acc.add(f64::from(median), f64::from(r));
         }
-        (acc.finish().n > 0).then(|| acc.finish())
+        let m = acc.finish();
+        (m.n > 0).then_some(m)
     };
     run.write_json("median.json", &serde_json::json!({ "median": median }))?;
     Ok(RatingOutcome {
@@ -556,16 +556,14 @@ pub fn train_rating(cfg: &RatingConfig, data: &Dataset, run: &RunDir, opts: &Rat
         run.write_json("results.json", &outcome)?;
         return Ok(outcome);
     }
-    let t = Instant::now();
-    let train_batches = batches_of(cfg, &inputs, data, Part::Train, cfg.batch_size, Some(cfg.seed))?;
-    let prepare_seconds = t.elapsed().as_secs_f64();
-    let n_train: usize = train_batches.iter().map(RatingBatch::rows).sum();
+    let select = [Part::Train];
+    let mut windows = windows_of(cfg, data, &select, cfg.batch_size, Some(cfg.seed))?;
+    let n_train = windows.n_targets();
     if n_train == 0 {
         return Err(TrainError::Invalid(format!("{}: no training ratings", data.dir.display())));
     }
-    drop(train_batches);
-    let valid = batches_of(cfg, &inputs, data, Part::Valid, cfg.eval_batch_size, None)?;
-    let test = batches_of(cfg, &inputs, data, Part::Test, cfg.eval_batch_size, None)?;
+    let valid = batches_of(cfg, &inputs, data, Part::Valid)?;
+    let test = batches_of(cfg, &inputs, data, Part::Test)?;
     let has_valid = valid.iter().any(|b| b.rows() > 0);
 
     let mut model = build_model(cfg, &inputs, &opts.device)?;
@@ -579,17 +577,10 @@ pub fn train_rating(cfg: &RatingConfig, data: &Dataset, run: &RunDir, opts: &Rat
         _ => Schedule::Constant { lr: f64::from(cfg.learning_rate) },
     };
     let names: Vec<String> = model.params().vars().keys().cloned().collect();
-    let select = [Part::Train];
-    let wcfg = WindowsConfig {
-        len: cfg.history_len().max(1),
-        batch_size: cfg.batch_size,
-        skip_first: false,
-        shuffle: true,
-        seed: cfg.seed,
-    };
     let store = &data.events.store;
-    let mut windows = Windows::new(store, Targets::of(&data.events.parts, &select), &wcfg)?;
     let mut batch = RatingBatch::default();
+    // Seconds spent building the first epoch's batches (windows and features).
+    let mut prepare_seconds = 0.0;
     let (mut step, mut best, mut bad_epochs, mut epochs) = (0u64, None::<(f64, usize)>, 0usize, 0usize);
     let mut seconds = Vec::new();
     let mut lr = 0.0;
@@ -599,12 +590,12 @@ pub fn train_rating(cfg: &RatingConfig, data: &Dataset, run: &RunDir, opts: &Rat
         }
         let mut progress = Progress::new(format!("epoch {epoch}"), n_train, opts.progress);
         let (mut loss_sum, mut rows) = (0f64, 0usize);
-        while let Some(w) = windows.next_batch() {
-            inputs.batch_into(store, w, &mut batch);
-            if cfg.history_len() == 0 {
-                batch.history_len = 0;
-                batch.history.clear();
-                batch.history_ratings.clear();
+        loop {
+            let t = Instant::now();
+            let Some(w) = windows.next_batch() else { break };
+            inputs.batch_into(store, w, cfg.history_len() > 0, &mut batch);
+            if epoch == 1 {
+                prepare_seconds += t.elapsed().as_secs_f64();
             }
             let n = batch.rows();
             if n < 2 {
