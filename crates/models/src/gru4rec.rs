@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::loss::{kernel_kind, Loss};
 use crate::next_item::SessionScorer;
+use crate::nn::{dropout_mask, sigmoid};
 use crate::optim::Optimizer;
 
 /// Activation applied to the sampled training scores before the loss.
@@ -219,13 +220,6 @@ fn glorot_blocks(rng: &mut Rng, rows: usize, fan_in: usize, h: usize, blocks: us
     Ok(Tensor::from_vec(v, (rows, h * blocks), dev)?)
 }
 
-use crate::nn::sigmoid;
-
-/// Inverted-dropout mask of a `[rows, width]` tensor.
-fn dropout_mask(rng: &mut Rng, rows: usize, width: usize, p: f32, dev: &Device) -> Result<Tensor> {
-    crate::nn::dropout_mask(rng, &[rows, width], p, dev)
-}
-
 /// One mini-batch of session-parallel training.
 #[derive(Debug, Clone, Copy)]
 pub struct TrainBatch<'a> {
@@ -366,7 +360,7 @@ impl Gru4Rec {
         let mut embed_mask = None;
         if !one_hot && self.shape.dropout_p_embed > 0.0 {
             if let Some(rng) = dropout.as_deref_mut() {
-                let m = dropout_mask(rng, rows, x0.dim(1)?, self.shape.dropout_p_embed, &self.device)?;
+                let m = dropout_mask(rng, &[rows, x0.dim(1)?], self.shape.dropout_p_embed, &self.device)?;
                 x = (x * &m)?;
                 embed_mask = Some(m);
             }
@@ -401,7 +395,7 @@ impl Gru4Rec {
             let mut mask = None;
             if p > 0.0 {
                 if let Some(rng) = dropout.as_deref_mut() {
-                    let m = dropout_mask(rng, rows, h, p, &self.device)?;
+                    let m = dropout_mask(rng, &[rows, h], p, &self.device)?;
                     out = (out * &m)?;
                     mask = Some(m);
                 }
