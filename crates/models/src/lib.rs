@@ -20,5 +20,8 @@ pub mod next_item;
 pub mod nn;
 pub mod optim;
 pub mod rating;
+pub mod sasrec;
+pub mod seq;
+pub mod window_eval;
 
 pub use error::ModelError;
