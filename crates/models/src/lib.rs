@@ -10,9 +10,14 @@
 //! - [`nn`]: seeded parameters and PyTorch-style layers for the autograd models.
 //! - [`rating`]: rating batches, the median baseline and matrix factorisation;
 //!   [`bst`]: the Behaviour Sequence Transformer for ratings.
+//! - [`seq`]: training batches, objectives (full softmax, BCE, sampled
+//!   softmax with logQ) and the trait of the window models: [`sasrec`]
+//!   (self-attention) and [`emb_gru`] (embedding → GRU → dense);
+//!   [`window_eval`]: their full-ranking (or loudly sampled) evaluation.
 
 pub mod baseline;
 pub mod bst;
+pub mod emb_gru;
 pub mod error;
 pub mod gru4rec;
 pub mod loss;

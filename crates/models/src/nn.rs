@@ -149,6 +149,16 @@ impl Linear {
         Linear { w, b }
     }
 
+    /// The weight `W` (`[out, in]`).
+    pub fn weight(&self) -> &Tensor {
+        &self.w
+    }
+
+    /// The bias `b` (`[out]`).
+    pub fn bias(&self) -> &Tensor {
+        &self.b
+    }
+
     /// Applies the layer over the last dimension of `x` (any leading dims).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
