@@ -118,7 +118,7 @@ impl EmbGru {
     /// Bad settings ([`EmbGruShape::check`]) or a failing op.
     pub fn new(shape: &EmbGruShape, seed: u64, dev: &Device) -> Result<Self> {
         shape.check()?;
-        let mut rng = Rng::fork(seed, 0x0E3B_6A0);
+        let mut rng = Rng::fork(seed, 0x00E3_B6A0);
         let mut p = Params::new();
         let items = p.uniform("item_embedding", &[shape.n_ids, shape.embedding], 0.05, &mut rng, dev)?;
         let zeros = Tensor::zeros((1, shape.embedding), candle_core::DType::F32, dev)?;

@@ -95,7 +95,7 @@ impl SasRec {
     /// Bad settings ([`SasRecShape::check`]) or a failing op.
     pub fn new(shape: &SasRecShape, seed: u64, dev: &Device) -> Result<Self> {
         shape.check()?;
-        let mut rng = Rng::fork(seed, 0x5A5_12EC);
+        let mut rng = Rng::fork(seed, 0x05A5_12EC);
         let mut p = Params::new();
         let d = shape.embedding;
         let glorot = |rows: usize| (6.0 / (rows + d) as f64).sqrt();
