@@ -24,6 +24,39 @@ pub enum BenchCommand {
     /// Median baseline, MF and BST on MovieLens (leave-last-one-out): test
     /// MAE/MSE/RMSE, seconds per epoch and the time to build the windows.
     Rating(RatingArgs),
+    /// GRU4Rec, the embedding-GRU, SASRec and most-popular on MovieLens
+    /// (per-user leave-last-one-out, full ranking): test HR/NDCG/MRR@10 of
+    /// the epoch with the best validation NDCG@10, seconds per epoch and per
+    /// evaluation pass.
+    NextItem(NextItemArgs),
+}
+
+/// Arguments of `bench next-item`.
+#[derive(Debug, Args)]
+pub struct NextItemArgs {
+    /// Two epochs of small models, for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Dataset recipe.
+    #[arg(long, default_value = "datasets/ml-100k.toml")]
+    recipe: PathBuf,
+    /// Run configs, one per model (`model = "gru4rec" | "emb-gru" | "sasrec" | "most-popular"`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "configs/most-popular-ml-100k.toml,configs/gru4rec-ml-100k.toml,\
+                         configs/emb-gru-ml-100k.toml,configs/sasrec-ml-100k.toml"
+    )]
+    configs: Vec<PathBuf>,
+    /// Override every config's `n_epochs`.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Folder for the prepared dataset and the runs.
+    #[arg(long, default_value = "target/bench/work")]
+    work: PathBuf,
+    /// Folder to write next-item.json into.
+    #[arg(long, default_value = "target/bench")]
+    json: PathBuf,
 }
 
 /// Arguments of `bench rating`.
@@ -104,6 +137,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(a) => ingest(a),
         BenchCommand::Gru4rec(a) => gru4rec(a),
         BenchCommand::Rating(a) => rating(a),
+        BenchCommand::NextItem(a) => next_item(a),
     }
 }
 
@@ -337,4 +371,152 @@ fn rating(a: RatingArgs) -> Result<()> {
         );
     }
     write_json(&a.json, "rating", &Value::Array(rows))
+}
+
+/// What `--quick` shrinks every next-item model to.
+const QUICK_NEXT_ITEM: &str = "len = 10\nembedding = 16\nlayers = [16]\nn_sample = 64\n";
+
+/// A config file as a table, with `n_epochs` and (quick) the small sizes applied
+/// to the keys the model's config has.
+fn bench_config(path: &Path, epochs: Option<usize>, quick: bool, model: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if model != "most-popular" {
+        if let Some(n) = epochs {
+            table.insert("n_epochs".into(), toml::Value::Integer(n as i64));
+        }
+    }
+    if quick {
+        let small: toml::Table = toml::from_str(QUICK_NEXT_ITEM)?;
+        for (k, v) in small {
+            let applies = match model {
+                "gru4rec" => k == "n_sample" || (k == "layers" && table.contains_key("layers")),
+                "sasrec" => k == "len" || k == "embedding",
+                "emb-gru" => k != "n_sample",
+                _ => false,
+            };
+            if applies {
+                table.insert(k, v);
+            }
+        }
+    }
+    Ok(toml::to_string(&table)?)
+}
+
+fn next_item(a: NextItemArgs) -> Result<()> {
+    use seqrec_train::next_item::{train_next_item, NextItemConfig, NextItemOptions};
+    let recipe = seqrec_data::recipe::Recipe::load(&a.recipe)?;
+    let prepared = a.work.join(format!("{}-prepared", recipe.name));
+    let meta = seqrec_data::prepare::prepare(&recipe, &prepared)?;
+    let data = seqrec_data::dataset::Dataset::open(&prepared)?;
+    let epochs = if a.quick { Some(2) } else { a.epochs };
+    let mut rows = Vec::new();
+    for path in &a.configs {
+        let model = seqrec_train::config::config_model(path)?;
+        let text = bench_config(path, epochs, a.quick, &model)?;
+        let run_dir = a.work.join(format!("{}-{model}", recipe.name));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let run = seqrec_train::run::RunDir::create(&run_dir)?;
+        let row = if model == "gru4rec" {
+            let cfg = seqrec_train::Gru4RecConfig::from_toml_str(&text, path)?;
+            let opts = seqrec_train::gru4rec::TrainOptions { progress: false, ..Default::default() };
+            let out = seqrec_train::gru4rec::train(&cfg, &data, &run, &opts)?;
+            let test = out.test.clone().context("the dataset has a test part")?;
+            let lines = std::fs::read_to_string(run.path("metrics.jsonl"))?;
+            let secs: Vec<f64> = lines
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["seconds"].as_f64())
+                .collect();
+            let eval_seconds = out.eval_events_per_s.map(|r| test.n as f64 / r);
+            next_item_row(
+                "gru4rec",
+                path,
+                &test,
+                out.epochs,
+                out.best_epoch,
+                mean(&secs),
+                eval_seconds,
+                "full ranking over every item",
+            )
+        } else {
+            let cfg = NextItemConfig::from_toml_str(&text, path)?;
+            let opts = NextItemOptions { device: candle_core::Device::Cpu, progress: false };
+            let out = train_next_item(&cfg, &data, &run, &opts)?;
+            let test = out.test.clone().context("the dataset has a test part")?;
+            next_item_row(
+                &out.model,
+                path,
+                &test,
+                out.epochs,
+                out.best_epoch,
+                out.seconds_per_epoch,
+                Some(out.eval_seconds),
+                &out.protocol,
+            )
+        };
+        rows.push(row);
+    }
+    println!(
+        "{} ({}; {} events read, split {}), test, chosen by validation NDCG@10:",
+        recipe.name,
+        a.recipe.display(),
+        meta.rows_read,
+        meta.split["kind"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<13} {:>7} {:>8} {:>7} {:>7} {:>6} {:>9} {:>8}",
+        "model", "HR@10", "NDCG@10", "MRR@10", "epochs", "best", "s/epoch", "eval s"
+    );
+    for r in &rows {
+        println!(
+            "{:<13} {:>7.4} {:>8.4} {:>7.4} {:>7} {:>6} {:>9.2} {:>8.2}",
+            r["model"].as_str().unwrap_or(""),
+            r["hr@10"].as_f64().unwrap_or(f64::NAN),
+            r["ndcg@10"].as_f64().unwrap_or(f64::NAN),
+            r["mrr@10"].as_f64().unwrap_or(f64::NAN),
+            r["epochs"],
+            r["best_epoch"],
+            r["seconds_per_epoch"].as_f64().unwrap_or(f64::NAN),
+            r["eval_seconds"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    write_json(&a.json, "next-item", &Value::Array(rows))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+#[allow(clippy::too_many_arguments)]
+fn next_item_row(
+    model: &str,
+    config: &Path,
+    test: &seqrec_eval::RankingMetrics,
+    epochs: usize,
+    best_epoch: usize,
+    seconds_per_epoch: f64,
+    eval_seconds: Option<f64>,
+    protocol: &str,
+) -> Value {
+    let at = |k: usize| test.at_k(k);
+    json!({
+        "model": model,
+        "config": config,
+        "protocol": protocol,
+        "hr@5": at(5).map(|m| m.recall),
+        "ndcg@5": at(5).map(|m| m.ndcg),
+        "mrr@5": at(5).map(|m| m.mrr),
+        "hr@10": at(10).map(|m| m.recall),
+        "ndcg@10": at(10).map(|m| m.ndcg),
+        "mrr@10": at(10).map(|m| m.mrr),
+        "hr@20": at(20).map(|m| m.recall),
+        "ndcg@20": at(20).map(|m| m.ndcg),
+        "mrr@20": at(20).map(|m| m.mrr),
+        "test_targets": test.n,
+        "epochs": epochs,
+        "best_epoch": best_epoch,
+        "seconds_per_epoch": seconds_per_epoch,
+        "eval_seconds": eval_seconds,
+    })
 }

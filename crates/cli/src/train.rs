@@ -80,6 +80,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         if seqrec_train::rating::RATING_MODELS.contains(&model.as_str()) {
             return run_train_rating(&a, path, &data);
         }
+        if seqrec_train::next_item::NEXT_ITEM_MODELS.contains(&model.as_str()) {
+            return run_train_next_item(&a, path, &data);
+        }
     }
     let (cfg, run) = if a.resume {
         let run = RunDir::open(&a.run)?;
@@ -153,6 +156,33 @@ fn run_train_rating(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<()> 
             }
         }
         println!("run directory: {}", run.dir.display());
+    }
+    Ok(())
+}
+
+/// `seqrec train` with a next-item config (SASRec, embedding-GRU, most popular).
+fn run_train_next_item(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<()> {
+    use seqrec_train::next_item::{train_next_item, NextItemConfig, NextItemOptions};
+    if a.resume || a.init_from.is_some() {
+        bail!("--resume and --init-from are not available for next-item window models yet; train anew");
+    }
+    let cfg = NextItemConfig::load(config)?;
+    let run = RunDir::create(&a.run)?;
+    let opts = NextItemOptions { device: candle_core::Device::Cpu, progress: true };
+    let outcome = train_next_item(&cfg, data, &run, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "{}: {} epochs ({:.1} s/epoch), kept epoch {}; {}",
+            outcome.model, outcome.epochs, outcome.seconds_per_epoch, outcome.best_epoch, outcome.protocol
+        );
+        for (label, m) in [("valid", &outcome.valid), ("test", &outcome.test)] {
+            if let Some(m) = m {
+                print_metrics(label, m);
+            }
+        }
+        println!("one test evaluation pass: {:.2} s; run directory: {}", outcome.eval_seconds, run.dir.display());
     }
     Ok(())
 }

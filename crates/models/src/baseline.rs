@@ -108,6 +108,28 @@ impl SessionScorer for MostPopular {
     }
 }
 
+impl crate::window_eval::WindowScorer for MostPopular {
+    fn n_ids(&self) -> usize {
+        self.row.len()
+    }
+
+    fn window_len(&self) -> usize {
+        1
+    }
+
+    fn score_windows(
+        &mut self,
+        batch: &seqrec_data::batch::WindowBatch,
+        scores: &mut Vec<f32>,
+    ) -> crate::error::Result<()> {
+        scores.clear();
+        for _ in 0..batch.rows() {
+            scores.extend(self.support.iter().map(|&c| c as f32));
+        }
+        Ok(())
+    }
+}
+
 /// First-order Markov chain: training transition counts from the current
 /// item, popularity breaking ties (see the module documentation).
 #[derive(Debug, Clone, PartialEq)]
