@@ -22,6 +22,10 @@ pub enum OptimizerKind {
     /// [`Optimizer::with_weight_decay`]).
     #[serde(rename = "adamw")]
     AdamW,
+    /// Nadam (Dozat 2016, as Keras without the momentum schedule): Adam with a
+    /// Nesterov look-ahead, `m̂ = β1·m_t/(1−β1^(t+1)) + (1−β1)·g/(1−β1^t)`.
+    /// Dense parameters only.
+    Nadam,
 }
 
 /// Optimiser state: one state tensor per parameter name.
@@ -101,7 +105,7 @@ impl Optimizer {
     fn rule(&self) -> Rule {
         match self.kind {
             OptimizerKind::Adagrad => Rule::AdagradM { lr: self.lr, momentum: self.momentum, eps: 1e-6 },
-            OptimizerKind::Adam | OptimizerKind::AdamW => Rule::Adam {
+            OptimizerKind::Adam | OptimizerKind::AdamW | OptimizerKind::Nadam => Rule::Adam {
                 lr: self.lr,
                 beta1: self.beta1,
                 beta2: 0.999,
@@ -131,6 +135,9 @@ impl Optimizer {
     /// # Errors
     /// Shape mismatches or a failing op.
     pub fn dense(&mut self, name: &str, param: &Tensor, grad: &Tensor) -> Result<()> {
+        if self.kind == OptimizerKind::Nadam {
+            return self.nadam(name, param, grad);
+        }
         let state = self.state(name, param, false)?;
         Ok(dense_step(self.rule(), param, &state, &grad.contiguous()?)?)
     }
@@ -140,9 +147,31 @@ impl Optimizer {
     /// # Errors
     /// Shape mismatches, ids out of range or a failing op.
     pub fn sparse(&mut self, name: &str, param: &Tensor, grad: &Tensor, ids: &[u32]) -> Result<()> {
+        if self.kind == OptimizerKind::Nadam {
+            return Err(ModelError::Invalid(format!(
+                "key `optimizer`: nadam updates dense parameters only; `{name}` is updated sparsely (use adam)"
+            )));
+        }
         let state = self.state(name, param, true)?;
         let groups = RowGroups::new(ids);
         Ok(sparse_step(self.rule(), param, &state, &grad.contiguous()?, &groups)?)
+    }
+
+    /// Nadam's dense step, as tensor ops (the state is `[m ‖ v]` like Adam's).
+    fn nadam(&mut self, name: &str, param: &Tensor, grad: &Tensor) -> Result<()> {
+        let (b1, b2, eps, lr) = (f64::from(self.beta1), 0.999f64, 1e-8f64, f64::from(self.lr));
+        let t = self.step.max(1).min(i32::MAX as u64) as i32;
+        let state = self.state(name, param, false)?;
+        let n = param.elem_count();
+        let g = grad.flatten_all()?;
+        let m = ((state.narrow(0, 0, n)? * b1)? + (&g * (1.0 - b1))?)?;
+        let v = ((state.narrow(0, n, n)? * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+        let num = ((&m * (b1 / (1.0 - b1.powi(t + 1))))? + (&g * ((1.0 - b1) / (1.0 - b1.powi(t))))?)?;
+        let den = ((&v / (1.0 - b2.powi(t)))?.sqrt()? + eps)?;
+        let p = (param.flatten_all()? - ((num / den)? * lr)?)?;
+        param.slice_set(&p.reshape(param.shape())?, 0, 0)?;
+        state.slice_set(&Tensor::cat(&[&m, &v], 0)?, 0, 0)?;
+        Ok(())
     }
 
     /// The state tensors by parameter name, and the step count (for checkpoints).
@@ -154,5 +183,39 @@ impl Optimizer {
     pub fn restore(&mut self, states: BTreeMap<String, Tensor>, step: u64) {
         self.states = states;
         self.step = step;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nadam_matches_its_definition() {
+        use candle_core::Device;
+        let init = [0.5f64, -0.25, 1.0];
+        let p = Tensor::from_vec(init.iter().map(|&x| x as f32).collect::<Vec<_>>(), 3, &Device::Cpu).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::Nadam, 0.01, 0.0).unwrap();
+        let (b1, b2, eps, lr) = (0.9f64, 0.999f64, 1e-8f64, 0.01f64);
+        let (mut want, mut m, mut v) = (init.to_vec(), [0f64; 3], [0f64; 3]);
+        for t in 1..=4i32 {
+            let g = [0.3 * f64::from(t), -0.7, 0.1 / f64::from(t)];
+            opt.begin_step();
+            let gt = Tensor::from_vec(g.iter().map(|&x| x as f32).collect::<Vec<_>>(), 3, &Device::Cpu).unwrap();
+            opt.dense("p", &p, &gt).unwrap();
+            for j in 0..3 {
+                m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                let mh = b1 * m[j] / (1.0 - b1.powi(t + 1)) + (1.0 - b1) * g[j] / (1.0 - b1.powi(t));
+                want[j] -= lr * mh / ((v[j] / (1.0 - b2.powi(t))).sqrt() + eps);
+            }
+        }
+        for (g, w) in p.to_vec1::<f32>().unwrap().iter().zip(&want) {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        let table = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+        let rows = Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = opt.sparse("e", &table, &rows, &[1]).unwrap_err();
+        assert!(err.to_string().contains("dense parameters only"), "{err}");
     }
 }

@@ -34,6 +34,8 @@ pub struct SasRecShape {
     pub blocks: usize,
     /// Attention heads (dividing `d`).
     pub heads: usize,
+    /// Inner width of the point-wise feed-forward layers (the paper: `d`).
+    pub ffn_dim: usize,
     /// Drop probability of every dropout.
     pub dropout: f32,
 }
@@ -51,8 +53,12 @@ impl SasRecShape {
         if self.len == 0 {
             return bad("key `len`: found 0, expected a window of at least 1 event".into());
         }
-        if self.embedding == 0 || self.blocks == 0 || self.heads == 0 {
-            return bad("keys `embedding`, `blocks`, `heads`: expected positive values".into());
+        for (key, v) in
+            [("embedding", self.embedding), ("blocks", self.blocks), ("heads", self.heads), ("ffn_dim", self.ffn_dim)]
+        {
+            if v == 0 {
+                return bad(format!("key `{key}`: found 0, expected a positive number"));
+            }
         }
         if self.embedding % self.heads != 0 {
             return bad(format!("key `heads`: {} does not divide the embedding {}", self.heads, self.embedding));
@@ -110,8 +116,8 @@ impl SasRec {
                 kv: Linear::new(&mut p, &name("attn.kv"), d, 2 * d, &mut rng, dev)?,
                 out: Linear::new(&mut p, &name("attn.out"), d, d, &mut rng, dev)?,
                 ln_ffn: LayerNorm::new(&mut p, &name("ffn_norm"), d, dev)?,
-                ff1: Linear::new(&mut p, &name("ffn1"), d, d, &mut rng, dev)?,
-                ff2: Linear::new(&mut p, &name("ffn2"), d, d, &mut rng, dev)?,
+                ff1: Linear::new(&mut p, &name("ffn1"), d, shape.ffn_dim, &mut rng, dev)?,
+                ff2: Linear::new(&mut p, &name("ffn2"), shape.ffn_dim, d, &mut rng, dev)?,
             });
         }
         let ln_final = LayerNorm::new(&mut p, "final_norm", d, dev)?;
@@ -224,7 +230,7 @@ mod tests {
     use super::*;
 
     fn shape() -> SasRecShape {
-        SasRecShape { n_ids: 12, len: 5, embedding: 8, blocks: 2, heads: 2, dropout: 0.0 }
+        SasRecShape { n_ids: 12, len: 5, embedding: 8, blocks: 2, heads: 2, ffn_dim: 16, dropout: 0.0 }
     }
 
     #[test]

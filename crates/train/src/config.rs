@@ -197,6 +197,9 @@ impl Gru4RecConfig {
         }
         self.shape()?.check().map_err(|e| e.to_string())?;
         Optimizer::check_settings(self.learning_rate, self.momentum).map_err(|e| e.to_string())?;
+        if self.optimizer == OptimizerKind::Nadam {
+            return Err("key `optimizer`: GRU4Rec updates item rows sparsely; expected `adagrad` or `adam`".into());
+        }
         if !(self.sample_alpha.is_finite() && self.sample_alpha >= 0.0) {
             return Err(format!("key `sample_alpha`: found {}, expected a number >= 0", self.sample_alpha));
         }

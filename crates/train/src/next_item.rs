@@ -59,6 +59,8 @@ pub struct NextItemConfig {
     pub blocks: usize,
     /// SASRec: attention heads.
     pub heads: usize,
+    /// SASRec: inner width of the feed-forward layers (absent: `embedding`, as the paper).
+    pub ffn_dim: Option<usize>,
     /// Embedding-GRU: hidden width of each stacked GRU layer.
     pub layers: Vec<usize>,
     /// Embedding-GRU: read the window in both directions.
@@ -78,7 +80,7 @@ pub struct NextItemConfig {
     pub sample_alpha: f64,
     /// `sampled-ce`: subtract log q from every score (logQ correction).
     pub logq: bool,
-    /// `adam` (default) or `adamw`.
+    /// `adam` (default), `adamw` or `nadam`.
     pub optimizer: OptimizerKind,
     /// Learning rate.
     pub learning_rate: f32,
@@ -120,6 +122,7 @@ impl Default for NextItemConfig {
             embedding: 64,
             blocks: 2,
             heads: 1,
+            ffn_dim: None,
             layers: vec![100],
             bidirectional: false,
             dropout: 0.2,
@@ -259,6 +262,7 @@ impl NextItemConfig {
             embedding: self.embedding,
             blocks: self.blocks,
             heads: self.heads,
+            ffn_dim: self.ffn_dim.unwrap_or(self.embedding),
             dropout: self.dropout,
         }
     }

@@ -112,7 +112,7 @@ fn bidirectional_sampled_losses_and_protocol_options_run_and_are_reported() {
     let m = out.test.as_ref().unwrap();
     assert!(m.recall(10).unwrap() >= 0.0 && m.n == 150);
     let bce = run(
-        &config("model = \"sasrec\"\nlen = 5\nembedding = 8\nloss = \"bce\"\nn_epochs = 2\noptimizer = \"adamw\"\n"),
+        &config("model = \"sasrec\"\nlen = 5\nembedding = 8\nloss = \"bce\"\nn_epochs = 2\noptimizer = \"nadam\"\n"),
         &data,
         &dir.join("bce"),
     );
