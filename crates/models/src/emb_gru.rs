@@ -150,44 +150,56 @@ impl EmbGru {
         &self.shape
     }
 
-    /// One direction of one layer over `x` (`[len, rows, fan_in]`, time-major).
+    /// One direction of one layer over the per-step inputs `xs` (each
+    /// `[rows, fan_in]`, time order); `masks[t]` is 1 at rows whose step `t`
+    /// is real and 0 at padding (`[rows, hidden]`).
+    ///
+    /// Written for candle's autograd on CPU: every step reads its own input
+    /// tensor (narrowing one `[len, rows, ·]` tensor per step would make the
+    /// backward pass pad each step's gradient to the full tensor, quadratic
+    /// in `len`), gate weights are row blocks taken once, and every per-step
+    /// op runs on contiguous, equal-shaped operands.
     fn run(
         &self,
         d: &Direction,
-        x: &Tensor,
-        real: &[Tensor],
+        xs: &[Tensor],
+        masks: &[Tensor],
         reverse: bool,
         rng: &mut Option<&mut Rng>,
     ) -> Result<LayerOut> {
-        let (l, b, fan_in) = x.dims3()?;
-        let h3 = 3 * d.hidden;
-        let xw =
-            (x.reshape((l * b, fan_in))?.matmul(&d.w_ih.t()?)? + nn::rows_of(&d.b_ih, l * b)?)?.reshape((l, b, h3))?;
-        let w_hh_t = d.w_hh.t()?;
-        let b_hh = nn::rows_of(&d.b_hh, b)?;
+        let b = xs.first().map_or(Ok(0), |x| x.dim(0))?;
+        let hd = d.hidden;
+        let block = |w: &Tensor, g: usize| -> Result<Tensor> { Ok(w.narrow(0, g * hd, hd)?.t()?) };
+        let (wr, wz, wn) = (block(&d.w_ih, 0)?, block(&d.w_ih, 1)?, block(&d.w_ih, 2)?);
+        let (ur, uz, un) = (block(&d.w_hh, 0)?, block(&d.w_hh, 1)?, block(&d.w_hh, 2)?);
+        let bias = |v: &Tensor, g: usize| -> Result<Tensor> { Ok(v.narrow(0, g * hd, hd)?) };
+        // r and z: both biases add outside the reset product; b_hn stays inside it.
+        let b_r = nn::rows_of(&(bias(&d.b_ih, 0)? + bias(&d.b_hh, 0)?)?, b)?;
+        let b_z = nn::rows_of(&(bias(&d.b_ih, 1)? + bias(&d.b_hh, 1)?)?, b)?;
+        let b_in = nn::rows_of(&bias(&d.b_ih, 2)?, b)?;
+        let b_hn = nn::rows_of(&bias(&d.b_hh, 2)?, b)?;
         let rec_mask = match rng.as_deref_mut() {
             Some(r) if self.shape.recurrent_dropout > 0.0 => {
-                Some(nn::dropout_mask(r, &[b, d.hidden], self.shape.recurrent_dropout, &self.dev)?)
+                Some(nn::dropout_mask(r, &[b, hd], self.shape.recurrent_dropout, &self.dev)?)
             }
             _ => None,
         };
-        let hd = d.hidden;
         let mut h = Tensor::zeros((b, hd), candle_core::DType::F32, &self.dev)?;
+        let l = xs.len();
         let mut steps = Vec::with_capacity(l);
         let order: Vec<usize> = if reverse { (0..l).rev().collect() } else { (0..l).collect() };
         for &t in &order {
-            let gx = xw.get(t)?;
+            let x = &xs[t];
             let h_in = match &rec_mask {
                 Some(m) => (&h * m)?,
                 None => h.clone(),
             };
-            let gh = (h_in.matmul(&w_hh_t)? + &b_hh)?;
-            let r = nn::sigmoid(&(gx.narrow(1, 0, hd)? + gh.narrow(1, 0, hd)?)?)?;
-            let z = nn::sigmoid(&(gx.narrow(1, hd, hd)? + gh.narrow(1, hd, hd)?)?)?;
-            let n = (gx.narrow(1, 2 * hd, hd)? + (r * gh.narrow(1, 2 * hd, hd)?)?)?.tanh()?;
+            let r = nn::sigmoid(&((x.matmul(&wr)? + h_in.matmul(&ur)?)? + &b_r)?)?;
+            let z = nn::sigmoid(&((x.matmul(&wz)? + h_in.matmul(&uz)?)? + &b_z)?)?;
+            let n = ((x.matmul(&wn)? + &b_in)? + (r * (h_in.matmul(&un)? + &b_hn)?)?)?.tanh()?;
             let new = (&n + (z * (&h - &n)?)?)?;
             // padding steps keep the state.
-            h = (&h + (new - &h)?.broadcast_mul(&real[t])?)?;
+            h = (&h + ((new - &h)? * &masks[t])?)?;
             steps.push(h.clone());
         }
         if reverse {
@@ -200,39 +212,46 @@ impl EmbGru {
     /// (`[rows, summary_width]`) and, when `all` (one direction only), every
     /// position's last-layer state (`[rows · len, width]`, row-major).
     fn encode(&self, inputs: &[u32], all: bool, mut rng: Option<&mut Rng>) -> Result<(Tensor, Option<Tensor>)> {
-        let (l, e) = (self.shape.len, self.shape.embedding);
+        let l = self.shape.len;
         let b = inputs.len() / l;
-        // time-major ids: position t of every row, t = 0..len.
-        let mut tm = Vec::with_capacity(inputs.len());
-        for t in 0..l {
-            tm.extend((0..b).map(|r| inputs[r * l + t]));
-        }
-        let real: Vec<f32> = tm.iter().map(|&x| f32::from(u8::from(x != 0))).collect();
-        let real_t = Tensor::from_vec(real, (l, b, 1), &self.dev)?;
-        let real: Vec<Tensor> = (0..l).map(|t| real_t.get(t)).collect::<candle_core::Result<_>>()?;
-        let ids = Tensor::from_vec(tm, l * b, &self.dev)?;
-        let mut x = self.items.index_select(&ids, 0)?.reshape((l, b, e))?;
+        let column = |t: usize| -> Vec<u32> { (0..b).map(|r| inputs[r * l + t]).collect() };
+        let mask_of = |width: usize| -> Result<Vec<Tensor>> {
+            (0..l)
+                .map(|t| {
+                    let v: Vec<f32> = column(t)
+                        .iter()
+                        .flat_map(|&x| std::iter::repeat_n(f32::from(u8::from(x != 0)), width))
+                        .collect();
+                    Ok(Tensor::from_vec(v, (b, width), &self.dev)?)
+                })
+                .collect()
+        };
+        let mut xs: Vec<Tensor> = (0..l)
+            .map(|t| Ok(self.items.index_select(&Tensor::from_vec(column(t), b, &self.dev)?, 0)?))
+            .collect::<Result<_>>()?;
         let mut summary = None;
         let mut steps_out = None;
         for (li, dirs) in self.gru.iter().enumerate() {
-            let x_in = nn::dropout(&x, self.shape.dropout, rng.as_deref_mut())?;
+            let x_in: Vec<Tensor> =
+                xs.iter().map(|x| nn::dropout(x, self.shape.dropout, rng.as_deref_mut())).collect::<Result<_>>()?;
+            let masks = mask_of(dirs[0].hidden)?;
             let mut outs = Vec::new();
             for (di, d) in dirs.iter().enumerate() {
-                outs.push(self.run(d, &x_in, &real, di == 1, &mut rng)?);
+                outs.push(self.run(d, &x_in, &masks, di == 1, &mut rng)?);
             }
-            let last_layer = li + 1 == self.gru.len();
-            if last_layer {
+            if li + 1 == self.gru.len() {
                 let lasts: Vec<&Tensor> = outs.iter().map(|o| &o.last).collect();
                 summary = Some(Tensor::cat(&lasts, 1)?);
                 if all {
                     let st = Tensor::stack(&outs[0].steps, 1)?; // [rows, len, h]
                     steps_out = Some(st.reshape((b * l, dirs[0].hidden))?);
                 }
+            } else if outs.len() == 1 {
+                xs = outs.swap_remove(0).steps;
             } else {
-                let per_t: Vec<Tensor> = (0..l)
+                xs = (0..l)
                     .map(|t| Tensor::cat(&outs.iter().map(|o| &o.steps[t]).collect::<Vec<_>>(), 1))
                     .collect::<candle_core::Result<_>>()?;
-                x = Tensor::stack(&per_t, 0)?;
             }
         }
         let summary = summary.ok_or_else(|| ModelError::Invalid("embedding-GRU without layers".into()))?;
