@@ -444,7 +444,7 @@ fn next_item(a: NextItemArgs) -> Result<()> {
             let opts = NextItemOptions { device: candle_core::Device::Cpu, progress: false };
             let out = train_next_item(&cfg, &data, &run, &opts)?;
             let test = out.test.clone().context("the dataset has a test part")?;
-            next_item_row(
+            let mut row = next_item_row(
                 &out.model,
                 path,
                 &test,
@@ -453,7 +453,14 @@ fn next_item(a: NextItemArgs) -> Result<()> {
                 out.seconds_per_epoch,
                 Some(out.eval_seconds),
                 &out.protocol,
-            )
+            );
+            row["valid_ndcg@10"] = json!(out.valid.as_ref().and_then(|v| v.ndcg(10)));
+            if let Some(x) = &out.test_excluding_history {
+                row["hr@10_excluding_history"] = json!(x.recall(10));
+                row["ndcg@10_excluding_history"] = json!(x.ndcg(10));
+                row["mrr@10_excluding_history"] = json!(x.mrr(10));
+            }
+            row
         };
         rows.push(row);
     }
@@ -465,22 +472,25 @@ fn next_item(a: NextItemArgs) -> Result<()> {
         meta.split["kind"].as_str().unwrap_or("?")
     );
     println!(
-        "{:<13} {:>7} {:>8} {:>7} {:>7} {:>6} {:>9} {:>8}",
-        "model", "HR@10", "NDCG@10", "MRR@10", "epochs", "best", "s/epoch", "eval s"
+        "{:<13} {:>7} {:>8} {:>7} {:>10} {:>10} {:>7} {:>6} {:>9} {:>8}",
+        "model", "HR@10", "NDCG@10", "MRR@10", "HR@10 -h", "NDCG@10 -h", "epochs", "best", "s/epoch", "eval s"
     );
     for r in &rows {
         println!(
-            "{:<13} {:>7.4} {:>8.4} {:>7.4} {:>7} {:>6} {:>9.2} {:>8.2}",
+            "{:<13} {:>7.4} {:>8.4} {:>7.4} {:>10.4} {:>10.4} {:>7} {:>6} {:>9.2} {:>8.2}",
             r["model"].as_str().unwrap_or(""),
             r["hr@10"].as_f64().unwrap_or(f64::NAN),
             r["ndcg@10"].as_f64().unwrap_or(f64::NAN),
             r["mrr@10"].as_f64().unwrap_or(f64::NAN),
+            r["hr@10_excluding_history"].as_f64().unwrap_or(f64::NAN),
+            r["ndcg@10_excluding_history"].as_f64().unwrap_or(f64::NAN),
             r["epochs"],
             r["best_epoch"],
             r["seconds_per_epoch"].as_f64().unwrap_or(f64::NAN),
             r["eval_seconds"].as_f64().unwrap_or(f64::NAN),
         );
     }
+    println!("(-h: the user's earlier items removed from the candidates, as RecBole's full ranking does)");
     write_json(&a.json, "next-item", &Value::Array(rows))
 }
 

@@ -331,6 +331,10 @@ pub struct NextItemOutcome {
     pub valid: Option<RankingMetrics>,
     /// Test metrics of the kept weights.
     pub test: Option<RankingMetrics>,
+    /// Test metrics of the kept weights with the user's earlier items removed
+    /// from the candidates (RecBole's full-ranking default), when the
+    /// configured protocol does not already remove them.
+    pub test_excluding_history: Option<RankingMetrics>,
     /// Mean seconds per training epoch.
     pub seconds_per_epoch: f64,
     /// Seconds of one full evaluation pass over the test targets.
@@ -360,6 +364,20 @@ fn evaluate(
     cfg: &NextItemConfig,
 ) -> Result<WindowEvalReport> {
     Ok(evaluate_windows(&data.events.store, &data.events.parts, part, model, &cfg.eval_config())?)
+}
+
+/// Test metrics with earlier items excluded, unless the configured protocol
+/// already excludes them or samples negatives.
+fn test_excluding_history(
+    model: &mut dyn WindowScorer,
+    data: &Dataset,
+    cfg: &NextItemConfig,
+) -> Result<Option<RankingMetrics>> {
+    if cfg.exclude_history || cfg.sampled_eval.is_some() || !has_part(data, Part::Test) {
+        return Ok(None);
+    }
+    let ecfg = WindowEvalConfig { exclude_history: true, ..cfg.eval_config() };
+    Ok(Some(evaluate_windows(&data.events.store, &data.events.parts, Part::Test, model, &ecfg)?.metrics))
 }
 
 fn has_part(data: &Dataset, part: Part) -> bool {
@@ -515,6 +533,8 @@ pub fn train_next_item(
         let valid = if has_part(data, Part::Valid) { Some(evaluate(&mut pop, data, Part::Valid, cfg)?) } else { None };
         let t = Instant::now();
         let test = if has_part(data, Part::Test) { Some(evaluate(&mut pop, data, Part::Test, cfg)?) } else { None };
+        let eval_seconds = t.elapsed().as_secs_f64();
+        let test_excluding_history = test_excluding_history(&mut pop, data, cfg)?;
         let outcome = NextItemOutcome {
             model: cfg.model.clone(),
             split: data.meta.split.clone(),
@@ -524,8 +544,9 @@ pub fn train_next_item(
             best_epoch: 0,
             valid: valid.map(|r| r.metrics),
             test: test.map(|r| r.metrics),
+            test_excluding_history,
             seconds_per_epoch: 0.0,
-            eval_seconds: t.elapsed().as_secs_f64(),
+            eval_seconds,
             train_targets: 0,
             users_without_training_target: 0,
             parameters: 0,
@@ -685,6 +706,7 @@ pub fn train_next_item(
     let test =
         if has_part(data, Part::Test) { Some(evaluate(model.as_mut(), data, Part::Test, cfg)?.metrics) } else { None };
     let eval_seconds = t.elapsed().as_secs_f64();
+    let test_excluding_history = test_excluding_history(model.as_mut(), data, cfg)?;
     let outcome = NextItemOutcome {
         model: cfg.model.clone(),
         split: data.meta.split.clone(),
@@ -694,6 +716,7 @@ pub fn train_next_item(
         best_epoch: best.map_or(epochs, |(_, e)| e),
         valid,
         test,
+        test_excluding_history,
         seconds_per_epoch: seconds.iter().sum::<f64>() / seconds.len().max(1) as f64,
         eval_seconds,
         train_targets: n_train,

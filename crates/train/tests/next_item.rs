@@ -78,6 +78,9 @@ fn window_models_find_the_planted_stride_and_popularity_cannot() {
     );
     assert!(hr10(&sasrec) > 0.9, "SASRec HR@10 {} (popularity {})", hr10(&sasrec), hr10(&pop));
     assert!(sasrec.protocol.starts_with("full ranking"));
+    // removing candidates can only lift the target's rank.
+    let excl = sasrec.test_excluding_history.as_ref().expect("reported beside full ranking");
+    assert!(excl.recall(10).unwrap() >= hr10(&sasrec) && excl.n == 150);
     assert_eq!(sasrec.split["kind"], "leave_last_out");
 
     let gru = run(
@@ -109,6 +112,7 @@ fn bidirectional_sampled_losses_and_protocol_options_run_and_are_reported() {
         &dir.join("bi"),
     );
     assert!(out.protocol.starts_with("SAMPLED") && out.protocol.contains("excluded"), "{}", out.protocol);
+    assert!(out.test_excluding_history.is_none(), "the configured protocol already excludes");
     let m = out.test.as_ref().unwrap();
     assert!(m.recall(10).unwrap() >= 0.0 && m.n == 150);
     let bce = run(
