@@ -490,7 +490,7 @@ fn next_item(a: NextItemArgs) -> Result<()> {
             r["eval_seconds"].as_f64().unwrap_or(f64::NAN),
         );
     }
-    println!("(-h: the user's earlier items removed from the candidates, as RecBole's full ranking does)");
+    println!("(-h: the user's earlier items removed from the candidates, reported beside full ranking)");
     write_json(&a.json, "next-item", &Value::Array(rows))
 }
 
