@@ -383,13 +383,15 @@ mod tests {
                 let model = config_model(&path).unwrap_or_else(|e| panic!("{e}"));
                 if crate::rating::RATING_MODELS.contains(&model.as_str()) {
                     crate::rating::RatingConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                } else if crate::next_item::NEXT_ITEM_MODELS.contains(&model.as_str()) {
+                    crate::next_item::NextItemConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 } else {
                     Gru4RecConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 }
                 n += 1;
             }
         }
-        assert!(n >= 5, "expected the shipped configs in {}", dir.display());
+        assert!(n >= 8, "expected the shipped configs in {}", dir.display());
     }
 
     #[test]
