@@ -309,17 +309,11 @@ fn rating(a: RatingArgs) -> Result<()> {
     let data = seqrec_data::dataset::Dataset::open(&prepared)?;
     let mut rows = Vec::new();
     for path in &a.configs {
-        let mut text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let epochs = if a.quick { Some(1) } else { a.epochs };
-        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        if let Some(n) = epochs {
-            table.insert("n_epochs".into(), toml::Value::Integer(n as i64));
-        }
-        if a.quick && table.get("model").and_then(|m| m.as_str()) == Some("bst") {
-            let small: toml::Table = toml::from_str(QUICK_BST)?;
-            table.extend(small);
-        }
-        text = toml::to_string(&table)?;
+        let text = overridden_config(path, epochs, |table| {
+            let bst = table.get("model").and_then(|m| m.as_str()) == Some("bst");
+            Ok(if a.quick && bst { toml::from_str(QUICK_BST)? } else { toml::Table::new() })
+        })?;
         let cfg = RatingConfig::from_toml_str(&text, path)?;
         let run_dir = a.work.join(format!("{}-{}", recipe.name, cfg.model));
         let _ = std::fs::remove_dir_all(&run_dir);
@@ -376,31 +370,35 @@ fn rating(a: RatingArgs) -> Result<()> {
 /// What `--quick` shrinks every next-item model to.
 const QUICK_NEXT_ITEM: &str = "len = 10\nembedding = 16\nlayers = [16]\nn_sample = 64\n";
 
-/// A config file as a table, with `n_epochs` and (quick) the small sizes applied
-/// to the keys the model's config has.
-fn bench_config(path: &Path, epochs: Option<usize>, quick: bool, model: &str) -> Result<String> {
+/// A run config's text with `n_epochs` set (when given) and the keys that
+/// `small` returns (given the file's table) put over the file's own.
+fn overridden_config(
+    path: &Path,
+    epochs: Option<usize>,
+    small: impl FnOnce(&toml::Table) -> Result<toml::Table>,
+) -> Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    if model != "most-popular" {
-        if let Some(n) = epochs {
-            table.insert("n_epochs".into(), toml::Value::Integer(n as i64));
-        }
+    if let Some(n) = epochs {
+        table.insert("n_epochs".into(), toml::Value::Integer(n as i64));
     }
-    if quick {
-        let small: toml::Table = toml::from_str(QUICK_NEXT_ITEM)?;
-        for (k, v) in small {
-            let applies = match model {
-                "gru4rec" => k == "n_sample" || (k == "layers" && table.contains_key("layers")),
-                "sasrec" => k == "len" || k == "embedding",
-                "emb-gru" => k != "n_sample",
-                _ => false,
-            };
-            if applies {
-                table.insert(k, v);
-            }
-        }
-    }
+    let extra = small(&table)?;
+    table.extend(extra);
     Ok(toml::to_string(&table)?)
+}
+
+/// The keys of [`QUICK_NEXT_ITEM`] that apply to `model`'s config `table`.
+fn quick_next_item(model: &str, table: &toml::Table) -> Result<toml::Table> {
+    let small: toml::Table = toml::from_str(QUICK_NEXT_ITEM)?;
+    Ok(small
+        .into_iter()
+        .filter(|(k, _)| match model {
+            "gru4rec" => k == "n_sample" || (k == "layers" && table.contains_key("layers")),
+            "sasrec" => k == "len" || k == "embedding",
+            "emb-gru" => k != "n_sample",
+            _ => false,
+        })
+        .collect())
 }
 
 fn next_item(a: NextItemArgs) -> Result<()> {
@@ -413,7 +411,13 @@ fn next_item(a: NextItemArgs) -> Result<()> {
     let mut rows = Vec::new();
     for path in &a.configs {
         let model = seqrec_train::config::config_model(path)?;
-        let text = bench_config(path, epochs, a.quick, &model)?;
+        let text = overridden_config(path, epochs, |table| {
+            if a.quick {
+                quick_next_item(&model, table)
+            } else {
+                Ok(toml::Table::new())
+            }
+        })?;
         let run_dir = a.work.join(format!("{}-{model}", recipe.name));
         let _ = std::fs::remove_dir_all(&run_dir);
         let run = seqrec_train::run::RunDir::create(&run_dir)?;

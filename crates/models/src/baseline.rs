@@ -32,7 +32,7 @@ fn check_fit(store: &SequenceStore, parts: &[Part], n_ids: usize, what: &str) ->
 }
 
 /// Training support of every id (index 0, padding, stays 0).
-fn training_support(store: &SequenceStore, parts: &[Part], n_ids: usize) -> Vec<u64> {
+pub(crate) fn training_support(store: &SequenceStore, parts: &[Part], n_ids: usize) -> Vec<u64> {
     let mut support = vec![0u64; n_ids];
     for (&x, &p) in store.items.iter().zip(parts) {
         if p == Part::Train {

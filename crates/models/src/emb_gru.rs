@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::nn::{self, Linear, Params};
-use crate::seq::{output_loss, Objective, SeqBatch, WindowModel};
+use crate::seq::{check_window_width, output_loss, Objective, SeqBatch, WindowModel};
 use crate::window_eval::WindowScorer;
 
 /// The embedding-GRU's settings.
@@ -278,12 +278,7 @@ impl WindowScorer for EmbGru {
     }
 
     fn score_windows(&mut self, batch: &WindowBatch, scores: &mut Vec<f32>) -> Result<()> {
-        if batch.len != self.shape.len {
-            return Err(ModelError::Invalid(format!(
-                "embedding-GRU: windows of {} events, the model reads {}",
-                batch.len, self.shape.len
-            )));
-        }
+        check_window_width(batch, "embedding-GRU", self.shape.len)?;
         *scores = self.score_all(&batch.history)?.flatten_all()?.to_vec1()?;
         Ok(())
     }
@@ -291,12 +286,7 @@ impl WindowScorer for EmbGru {
 
 impl WindowModel for EmbGru {
     fn loss(&mut self, batch: &SeqBatch, objective: Objective, rng: &mut Rng) -> Result<Tensor> {
-        batch.check(self.shape.n_ids, self.shape.len)?;
-        let at = batch.target_positions();
-        if at.is_empty() {
-            return Err(ModelError::Invalid("embedding-GRU: a training batch without targets".into()));
-        }
-        let targets: Vec<u32> = at.iter().map(|&i| batch.targets[i as usize]).collect();
+        let (at, targets) = batch.checked_targets("embedding-GRU", self.shape.n_ids, self.shape.len)?;
         let l = self.shape.len as u32;
         let h = if batch.last_only() {
             let (s, _) = self.encode(&batch.inputs, false, Some(rng))?;

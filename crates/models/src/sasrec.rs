@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::nn::{self, LayerNorm, Linear, Params};
-use crate::seq::{attention_mask, output_loss, real_column, Objective, SeqBatch, WindowModel};
+use crate::seq::{attention_mask, check_window_width, output_loss, real_column, Objective, SeqBatch, WindowModel};
 use crate::window_eval::WindowScorer;
 
 /// SASRec's settings.
@@ -188,12 +188,7 @@ impl WindowScorer for SasRec {
     }
 
     fn score_windows(&mut self, batch: &WindowBatch, scores: &mut Vec<f32>) -> Result<()> {
-        if batch.len != self.shape.len {
-            return Err(ModelError::Invalid(format!(
-                "SASRec: windows of {} events, the model reads {}",
-                batch.len, self.shape.len
-            )));
-        }
+        check_window_width(batch, "SASRec", self.shape.len)?;
         *scores = self.score_all(&batch.history)?.flatten_all()?.to_vec1()?;
         Ok(())
     }
@@ -201,12 +196,7 @@ impl WindowScorer for SasRec {
 
 impl WindowModel for SasRec {
     fn loss(&mut self, batch: &SeqBatch, objective: Objective, rng: &mut Rng) -> Result<Tensor> {
-        batch.check(self.shape.n_ids, self.shape.len)?;
-        let at = batch.target_positions();
-        if at.is_empty() {
-            return Err(ModelError::Invalid("SASRec: a training batch without targets".into()));
-        }
-        let targets: Vec<u32> = at.iter().map(|&i| batch.targets[i as usize]).collect();
+        let (at, targets) = batch.checked_targets("SASRec", self.shape.n_ids, self.shape.len)?;
         let h = self.hidden(&batch.inputs, Some(rng))?;
         let h = h.index_select(&Tensor::from_vec(at, targets.len(), &self.dev)?, 0)?;
         output_loss(&h, &self.items, None, &targets, objective)

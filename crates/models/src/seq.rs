@@ -71,6 +71,21 @@ impl SeqBatch {
         self.targets.iter().enumerate().all(|(i, &t)| t == 0 || (i + 1) % self.len.max(1) == 0)
     }
 
+    /// Checks the batch against a model (`name`, `n_ids`, window `model_len`)
+    /// and returns the flat positions carrying a target and their target ids.
+    ///
+    /// # Errors
+    /// As [`SeqBatch::check`], and a batch without any target.
+    pub fn checked_targets(&self, name: &str, n_ids: usize, model_len: usize) -> Result<(Vec<u32>, Vec<u32>)> {
+        self.check(n_ids, model_len)?;
+        let at = self.target_positions();
+        if at.is_empty() {
+            return Err(ModelError::Invalid(format!("{name}: a training batch without targets")));
+        }
+        let targets = at.iter().map(|&i| self.targets[i as usize]).collect();
+        Ok((at, targets))
+    }
+
     /// Checks the shape and that every id is in `1..n_ids` (0 allowed as padding).
     ///
     /// # Errors
@@ -215,6 +230,20 @@ pub trait WindowModel: WindowScorer {
 
     /// The model's device.
     fn device(&self) -> &Device;
+}
+
+/// Checks that scoring windows are as wide as the model (`name`) reads.
+///
+/// # Errors
+/// [`ModelError::Invalid`] naming both widths.
+pub fn check_window_width(batch: &WindowBatch, name: &str, model_len: usize) -> Result<()> {
+    if batch.len != model_len {
+        return Err(ModelError::Invalid(format!(
+            "{name}: windows of {} events, the model reads {model_len}",
+            batch.len
+        )));
+    }
+    Ok(())
 }
 
 /// The additive `[rows, 1, len, len]` attention mask of left-padded windows:

@@ -26,6 +26,7 @@ use seqrec_data::{Error, SequenceStore};
 use seqrec_eval::{rank, rank_from_counts, RankingAccumulator, RankingMetrics, TieMode};
 use serde::{Deserialize, Serialize};
 
+use crate::baseline::training_support;
 use crate::error::{ModelError, Result};
 
 /// A model that scores every id as the next item after a history window.
@@ -257,13 +258,10 @@ impl Draws {
             .into());
         }
         // Candidates of a draw: every item (uniform) or the items seen in training (popularity).
-        let mut weights = vec![1f64; n_ids];
-        if sm.draw == NegativeDraw::Popularity {
-            weights.iter_mut().for_each(|w| *w = 0.0);
-            for (&x, _) in store.items.iter().zip(parts).filter(|(_, &p)| p == Part::Train) {
-                weights[x as usize] += 1.0;
-            }
-        }
+        let mut weights: Vec<f64> = match sm.draw {
+            NegativeDraw::Uniform => vec![1.0; n_ids],
+            NegativeDraw::Popularity => training_support(store, parts, n_ids).into_iter().map(|c| c as f64).collect(),
+        };
         weights[0] = 0.0;
         let n_candidates = weights.iter().filter(|&&w| w > 0.0).count();
         for s in 0..store.n_seq() {

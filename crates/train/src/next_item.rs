@@ -415,15 +415,11 @@ struct Negatives {
 }
 
 impl Negatives {
-    fn new(data: &Dataset, n_ids: usize, cfg: &NextItemConfig) -> Self {
-        let mut counts = vec![0f64; n_ids];
-        for (&x, _) in data.events.store.items.iter().zip(&data.events.parts).filter(|(_, &p)| p == Part::Train) {
-            if (x as usize) < n_ids {
-                counts[x as usize] += 1.0;
-            }
-        }
+    fn new(data: &Dataset, n_ids: usize, cfg: &NextItemConfig) -> Result<Self> {
+        let pop = MostPopular::fit(&data.events.store, &data.events.parts, n_ids)?;
         // count^alpha over the items seen in training (alpha 0: all items alike).
-        let mut w: Vec<f64> = counts
+        let mut w: Vec<f64> = pop
+            .support()
             .iter()
             .enumerate()
             .map(|(i, &c)| {
@@ -432,7 +428,7 @@ impl Negatives {
                 } else if cfg.sample_alpha == 0.0 {
                     1.0
                 } else {
-                    c.powf(cfg.sample_alpha)
+                    (c as f64).powf(cfg.sample_alpha)
                 }
             })
             .collect();
@@ -441,7 +437,7 @@ impl Negatives {
         }
         let sum: f64 = w.iter().sum();
         let log_q = w.iter().map(|&x| if x > 0.0 { (x / sum).ln() as f32 } else { -1e9 }).collect();
-        Negatives { n_ids, n: cfg.n_negatives, table: AliasTable::new(&w), log_q }
+        Ok(Negatives { n_ids, n: cfg.n_negatives, table: AliasTable::new(&w), log_q })
     }
 
     /// One uniform negative per target position, never the target or an
@@ -595,7 +591,7 @@ pub fn train_next_item(
     let parameters: usize = model.params().vars().values().map(|v| v.elem_count()).sum();
     let mut opt = Optimizer::new(cfg.optimizer, cfg.learning_rate, 0.0)?.with_weight_decay(cfg.weight_decay)?;
     let names: Vec<String> = model.params().vars().keys().cloned().collect();
-    let negatives = Negatives::new(data, n_ids, cfg);
+    let negatives = Negatives::new(data, n_ids, cfg)?;
     let mut batch = SeqBatch::default();
     let (mut step, mut best, mut bad_evals, mut epochs) = (0u64, None::<(f64, usize)>, 0usize, 0usize);
     let mut seconds = Vec::new();
