@@ -18,7 +18,7 @@ tasks:
                      the baselines, write runs/gru4rec-synth/summary.json
   test               every test of the workspace (what CI runs)
   bench [NAME] [--quick] [ARGS...]
-                     benchmarks (NAME: ingest | gru4rec | rating | next-item | all; default all); --quick runs
+                     benchmarks (NAME: ingest | gru4rec | rating | next-item | kt | all; default all); --quick runs
                      small sizes in seconds, as CI does; results in target/bench/
   data ARGS...       `seqrec data ARGS...` with the release binary
   ci                 fmt --check, clippy -D warnings, test, bench --quick
@@ -169,9 +169,9 @@ fn bench(rest: &[String]) -> Result<()> {
     let mut args: Vec<&str> = rest.iter().map(String::as_str).filter(|a| *a != "--quick").collect();
     let name = if args.first().is_some_and(|a| !a.starts_with('-')) { args.remove(0) } else { "all" };
     let names: Vec<&str> = match name {
-        "all" => vec!["ingest", "gru4rec", "rating", "next-item"],
-        n @ ("ingest" | "gru4rec" | "rating" | "next-item") => vec![n],
-        other => bail!("unknown benchmark `{other}` (known: ingest, gru4rec, rating, next-item, all)"),
+        "all" => vec!["ingest", "gru4rec", "rating", "next-item", "kt"],
+        n @ ("ingest" | "gru4rec" | "rating" | "next-item" | "kt") => vec![n],
+        other => bail!("unknown benchmark `{other}` (known: ingest, gru4rec, rating, next-item, kt, all)"),
     };
     std::fs::create_dir_all("target/bench")?;
     for n in names {

@@ -29,6 +29,47 @@ pub enum BenchCommand {
     /// the epoch with the best validation NDCG@10, seconds per epoch and per
     /// evaluation pass.
     NextItem(NextItemArgs),
+    /// Knowledge tracing: the question-mean baseline, NCF and RRNCF on the
+    /// default synthetic set (AUC beside the oracle's on the same test
+    /// answers), then one epoch of RRNCF streamed over a 100M-row
+    /// Riiid-schema set (events/s, peak RSS).
+    Kt(KtArgs),
+}
+
+/// Arguments of `bench kt`.
+#[derive(Debug, Args)]
+pub struct KtArgs {
+    /// 400 learners, one epoch of small models and a 200,000-row scale run, for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Learners of the synthetic set (default: the generator's default).
+    #[arg(long)]
+    learners: Option<usize>,
+    /// Run configs, one per model (`model = "question-mean" | "ncf" | "rrncf"`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "configs/question-mean-synth-kt.toml,configs/ncf-synth-kt.toml,configs/rrncf-synth-kt.toml"
+    )]
+    configs: Vec<PathBuf>,
+    /// Override every config's `n_epochs`.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Rows of the Riiid-schema scale run (0: skip it).
+    #[arg(long, default_value_t = 100_000_000)]
+    rows: u64,
+    /// Run config of the scale run (trained one epoch, streamed).
+    #[arg(long, default_value = "configs/rrncf-synth-kt.toml")]
+    scale_config: PathBuf,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Folder for generated data, prepared sets and runs.
+    #[arg(long, default_value = "target/bench/work")]
+    work: PathBuf,
+    /// Folder to write kt.json into.
+    #[arg(long, default_value = "target/bench")]
+    json: PathBuf,
 }
 
 /// Arguments of `bench next-item`.
@@ -138,6 +179,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Gru4rec(a) => gru4rec(a),
         BenchCommand::Rating(a) => rating(a),
         BenchCommand::NextItem(a) => next_item(a),
+        BenchCommand::Kt(a) => kt(a),
     }
 }
 
@@ -533,4 +575,168 @@ fn next_item_row(
         "seconds_per_epoch": seconds_per_epoch,
         "eval_seconds": eval_seconds,
     })
+}
+
+/// What `--quick` shrinks the knowledge-tracing models to.
+const QUICK_KT: &str = "len = 16\nembedding = 8\nmlp = [16]\nhidden = 16\ninput_embedding = 8\ntag_embedding = 4\n";
+
+/// Runs `seqrec <args>` as a child process and reads the JSON it prints.
+fn child_json(args: &[&std::ffi::OsStr]) -> Result<Value> {
+    let exe = std::env::current_exe().context("locating the seqrec binary")?;
+    let output = Command::new(exe).args(args).output().context("running seqrec")?;
+    if !output.status.success() {
+        bail!("seqrec {:?} failed: {}", args, String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("reading the JSON summary")
+}
+
+/// A knowledge-tracing run config with `truth` and the overrides, written
+/// into the work folder; returns its path.
+fn kt_config(a: &KtArgs, path: &Path, epochs: Option<usize>, truth: Option<&Path>, tag: &str) -> Result<PathBuf> {
+    let text = overridden_config(path, epochs, |table| {
+        let mut extra: toml::Table = if a.quick { toml::from_str(QUICK_KT)? } else { toml::Table::new() };
+        if table.get("model").and_then(|m| m.as_str()) == Some("question-mean") {
+            extra.clear();
+        }
+        match truth {
+            Some(t) => {
+                extra.insert("truth".into(), toml::Value::String(t.display().to_string()));
+            }
+            None => {
+                extra.insert("patience".into(), toml::Value::Integer(0));
+            }
+        }
+        Ok(extra)
+    })?;
+    let mut table: toml::Table = toml::from_str(&text)?;
+    if truth.is_none() {
+        table.remove("truth");
+    }
+    let out = a.work.join(format!("kt-{tag}.toml"));
+    std::fs::write(&out, toml::to_string(&table)?).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
+fn kt_row(v: &Value, dataset: &str, config: &Path, quick: bool) -> Value {
+    json!({
+        "model": v["model"],
+        "dataset": dataset,
+        "config": config,
+        "auc": v["test"]["metrics"]["auc"],
+        "oracle_auc": v["oracle_test_auc"],
+        "logloss": v["test"]["metrics"]["log_loss"],
+        "accuracy": v["test"]["metrics"]["accuracy"],
+        "question_mean_auc": v["question_mean_test"]["metrics"]["auc"],
+        "valid_auc": v["valid"]["metrics"]["auc"],
+        "test_answers": v["test"]["metrics"]["n"],
+        "events_per_s": v["events_per_s"],
+        "peak_rss_bytes": v["peak_rss_bytes"],
+        "fraction_used": v["test"]["fraction_used"],
+        "fraction_used_train": v["fraction_used_train"],
+        "events": v["events"],
+        "epochs": v["epochs"],
+        "best_epoch": v["best_epoch"],
+        "seconds_per_epoch": v["seconds_per_epoch"],
+        "eval_seconds": v["eval_seconds"],
+        "parameters": v["parameters"],
+        "quick": quick,
+    })
+}
+
+fn kt(a: KtArgs) -> Result<()> {
+    use std::ffi::OsStr;
+    std::fs::create_dir_all(&a.work).with_context(|| format!("creating {}", a.work.display()))?;
+    let mut gen = seqrec_data::synth::kt::KtConfig { seed: a.seed, ..Default::default() };
+    gen.n_learners = a.learners.unwrap_or(if a.quick { 400 } else { gen.n_learners });
+    let raw = a.work.join(format!("kt-synth-{}-seed{}", gen.n_learners, a.seed));
+    if !raw.join("truth.csv").exists() {
+        let data = gen.generate()?;
+        data.write_riiid_csv(&raw)?;
+    }
+    let recipe = seqrec_data::recipe::Recipe::load(Path::new("datasets/synth-kt.toml"))?.with_dir(raw.clone());
+    let prepared = a.work.join(format!("kt-synth-{}-seed{}-prepared", gen.n_learners, a.seed));
+    let meta = seqrec_data::prepare::prepare(&recipe, &prepared)?;
+    let dataset = format!("synth-kt ({} learners, {} events)", gen.n_learners, meta.counts.events);
+    let epochs = if a.quick { Some(1) } else { a.epochs };
+    let mut rows = Vec::new();
+    for path in &a.configs {
+        let model = seqrec_train::config::config_model(path)?;
+        let cfg = kt_config(&a, path, epochs, Some(&raw.join("truth.csv")), &model)?;
+        let run = a.work.join(format!("kt-run-{model}"));
+        let _ = std::fs::remove_dir_all(&run);
+        let v = child_json(&[
+            OsStr::new("train"),
+            OsStr::new("--config"),
+            cfg.as_os_str(),
+            OsStr::new("--data"),
+            prepared.as_os_str(),
+            OsStr::new("--run"),
+            run.as_os_str(),
+            OsStr::new("--json"),
+        ])?;
+        rows.push(kt_row(&v, &dataset, path, a.quick));
+    }
+    let rows_scale = if a.quick { 200_000 } else { a.rows };
+    if rows_scale > 0 {
+        let input = a.work.join(format!("riiid-{rows_scale}-seed{}.parquet", a.seed));
+        if !input.exists() {
+            let t = Instant::now();
+            seqrec_data::synth::kt::write_riiid_parquet(&input, rows_scale, a.seed)
+                .with_context(|| format!("generating {}", input.display()))?;
+            eprintln!("generated {rows_scale} rows in {:.1} s: {}", t.elapsed().as_secs_f64(), input.display());
+        }
+        let recipe = a.work.join(format!("riiid-{rows_scale}.toml"));
+        let text = format!(
+            "name = \"riiid-synthetic-{rows_scale}\"\nformat = \"riiid\"\ndir = \".\"\n\n[interactions]\npath = \"{}\"\n\n[split]\nkind = \"last_fraction\"\ntest = 0.1\nvalid = 0.1\n",
+            input.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+        );
+        std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
+        let out = a.work.join(format!("prepared-{rows_scale}"));
+        if !out.join("dataset.json").exists() {
+            child_json(&[
+                OsStr::new("data"),
+                OsStr::new("prepare"),
+                recipe.as_os_str(),
+                OsStr::new("--out"),
+                out.as_os_str(),
+                OsStr::new("--json"),
+            ])?;
+        }
+        let cfg = kt_config(&a, &a.scale_config, Some(1), None, "scale")?;
+        let run = a.work.join("kt-run-scale");
+        let _ = std::fs::remove_dir_all(&run);
+        let v = child_json(&[
+            OsStr::new("train"),
+            OsStr::new("--stream"),
+            OsStr::new("--config"),
+            cfg.as_os_str(),
+            OsStr::new("--data"),
+            out.as_os_str(),
+            OsStr::new("--run"),
+            run.as_os_str(),
+            OsStr::new("--json"),
+        ])?;
+        rows.push(kt_row(&v, &format!("riiid-synthetic-{rows_scale} (streamed)"), &a.scale_config, a.quick));
+    }
+    println!(
+        "{:<14} {:<40} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
+        "model", "dataset", "AUC", "oracle", "ratio", "logloss", "events/s", "RSS MiB", "used", "epochs"
+    );
+    for r in &rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<14} {:<40} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
+            r["model"].as_str().unwrap_or(""),
+            r["dataset"].as_str().unwrap_or(""),
+            f("auc"),
+            f("oracle_auc"),
+            f("auc") / f("oracle_auc"),
+            f("logloss"),
+            f("events_per_s"),
+            f("peak_rss_bytes") / 1048576.0,
+            f("fraction_used"),
+            r["epochs"],
+        );
+    }
+    write_json(&a.json, "kt", &Value::Array(rows))
 }

@@ -39,6 +39,7 @@ enum Command {
 
 fn main() {
     keep_freed_memory();
+    seqrec_models::gru4rec::pin_thread_count();
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter_or_info().init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {}", chain_message(&e));

@@ -34,6 +34,9 @@ pub struct TrainArgs {
     /// Print the results as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Knowledge tracing: read the event files one at a time (bounded memory).
+    #[arg(long)]
+    stream: bool,
 }
 
 /// `seqrec evaluate`.
@@ -74,6 +77,17 @@ pub struct RecommendArgs {
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
+    if let Some(path) = &a.config {
+        if seqrec_train::kt::KT_MODELS.contains(&seqrec_train::config::config_model(path)?.as_str()) {
+            return run_train_kt(&a, path);
+        }
+    }
+    if a.stream {
+        bail!(
+            "--stream: only knowledge-tracing models (model = {:?}) train from streamed event files",
+            seqrec_train::kt::KT_MODELS
+        );
+    }
     let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
     if let Some(path) = &a.config {
         let model = seqrec_train::config::config_model(path)?;
@@ -184,6 +198,52 @@ fn run_train_next_item(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<(
         }
         println!("one test evaluation pass: {:.2} s; run directory: {}", outcome.eval_seconds, run.dir.display());
     }
+    Ok(())
+}
+
+fn run_train_kt(a: &TrainArgs, config: &Path) -> Result<()> {
+    use seqrec_train::kt::{open_without_events, train_kt, KtConfig, KtOptions};
+    if a.resume || a.init_from.is_some() {
+        bail!("--resume and --init-from are not available for knowledge-tracing models yet; train anew");
+    }
+    let cfg = KtConfig::load(config)?;
+    let data = if a.stream { open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
+    let run = RunDir::create(&a.run)?;
+    let opts = KtOptions { device: candle_core::Device::Cpu, progress: !a.json, stream: a.stream };
+    let o = train_kt(&cfg, &data, &run, &opts).with_context(|| format!("training on {}", a.data.display()))?;
+    if a.json {
+        let mut v = serde_json::to_value(&o)?;
+        v["peak_rss_bytes"] = serde_json::json!(crate::resources::peak_rss_bytes());
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}): {} epochs ({:.1} s/epoch, {:.0} events/s), kept epoch {}; training answers used {:.4}",
+        o.model, o.head, o.epochs, o.seconds_per_epoch, o.events_per_s, o.best_epoch, o.fraction_used_train
+    );
+    let show = |label: &str, m: &Option<seqrec_train::kt::KtPartMetrics>| {
+        if let Some(m) = m {
+            let f = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.4}"));
+            println!(
+                "{label}: AUC {}  log-loss {}  accuracy {}  ({} answers, fraction used {:.4})",
+                f(m.metrics.auc),
+                f(m.metrics.log_loss),
+                f(m.metrics.accuracy),
+                m.metrics.n,
+                m.fraction_used
+            );
+        }
+    };
+    show("valid", &o.valid);
+    show("test", &o.test);
+    show("question-mean test", &o.question_mean_test);
+    if let Some(auc) = o.oracle_test_auc {
+        println!(
+            "oracle test AUC {auc:.4} (model / oracle {:.4})",
+            o.test.as_ref().and_then(|t| t.metrics.auc).unwrap_or(f64::NAN) / auc
+        );
+    }
+    println!("run directory: {}", run.dir.display());
     Ok(())
 }
 

@@ -67,6 +67,9 @@ pub struct DatasetMeta {
     pub seconds: StageSeconds,
     /// Bytes of the decoded input columns (what the reader produced).
     pub decoded_column_bytes: u64,
+    /// Format `riiid` only: what the input checks counted (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub riiid: Option<crate::read::RiiidReport>,
 }
 
 impl DatasetMeta {

@@ -164,6 +164,13 @@ fn encode_items(keys: &[ArrayRef], kinds: Option<&[u8]>) -> Result<(Vec<u32>, Vo
     }
 }
 
+/// Rows of an encoded questions table (one per question the interactions
+/// use) whose `tags` list is empty; `None` without a `tags` list column.
+fn questions_without_tags(questions: &RecordBatch) -> Option<usize> {
+    let tags = questions.column_by_name("tags")?.as_any().downcast_ref::<arrow_array::ListArray>()?;
+    Some(tags.offsets().windows(2).filter(|w| w[0] == w[1]).count())
+}
+
 /// Runs the whole pipeline of `recipe` and writes the prepared dataset to
 /// `out` (atomically: on error nothing is left at `out`).
 ///
@@ -174,7 +181,9 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     let mut secs = StageSeconds::default();
     let t = Instant::now();
     let mut raw = RawColumns::default();
-    for batch in read::read_interactions(&recipe.interactions)? {
+    let (batches, input_report) =
+        read::read_interactions_reporting(&recipe.interactions, &read::ReadOptions::default())?;
+    for batch in batches {
         raw.push(&batch?)?;
     }
     secs.read = t.elapsed().as_secs_f64();
@@ -240,6 +249,10 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
     meta.filter = serde_json::to_value(&filter_report).unwrap_or_default();
     meta.split = serde_json::to_value(&split_report).unwrap_or_default();
     meta.gaps = gaps;
+    meta.riiid = input_report.riiid().map(|mut r| {
+        r.questions_without_tags = side_tables.tables.get("questions").and_then(questions_without_tags);
+        r
+    });
     crate::io::write_dir_atomic(out, |dir| {
         meta.event_files = persist::write_events(dir, &prepared)?;
         let vdir = dir.join("vocab");
@@ -264,6 +277,7 @@ pub fn prepare(recipe: &Recipe, out: &Path) -> Result<DatasetMeta> {
 mod tests {
     use super::*;
     use crate::dataset::Dataset;
+    use crate::read::RiiidReport;
     use crate::split::Part;
     use crate::synth::kt::KtConfig;
     use crate::synth::sessions::SessionsConfig;
@@ -303,6 +317,68 @@ mod tests {
         assert!((0..s.n_events()).all(|i| (kinds[i] == KIND_LECTURE) == (labels[i] == -1)));
         assert_eq!(ds.vocabs["lecture"].len(), meta.vocab_sizes["lecture"]);
         assert!(meta.side_tables.contains_key("questions") && meta.side_tables.contains_key("lectures"));
+        // The generator writes Riiid's pattern: every question tagged, elapsed empty only where Riiid has it so.
+        assert_eq!(meta.riiid, Some(RiiidReport { questions_without_tags: Some(0), ..RiiidReport::default() }));
+    }
+
+    fn riiid_checks(interactions: &str) -> Recipe {
+        let text = format!(
+            "format = \"riiid\"\n[interactions]\npath = \"{interactions}\"\n[questions]\npath = \"questions.csv\"\n\
+             [lectures]\npath = \"lectures.csv\"\n"
+        );
+        Recipe::from_toml_str(&text, &crate::read::testing::fixture("riiid-checks/inline.toml")).unwrap()
+    }
+
+    /// datasets/fixtures/riiid-checks: questions 2 and 4 are used and
+    /// untagged (7 is untagged but unused); lines 6 and 10 of train.csv are
+    /// questions past their learner's first bundle with an empty elapsed time.
+    #[test]
+    fn riiid_input_checks_are_reported_in_dataset_json() {
+        let r = Recipe::load(&crate::read::testing::fixture("riiid-checks/recipe.toml")).unwrap();
+        let out = crate::io::scratch_dir("prepare-riiid-checks").join("prepared");
+        let meta = prepare(&r, &out).unwrap();
+        let want = RiiidReport {
+            questions_without_tags: Some(2),
+            elapsed_missing_unexpected: 2,
+            elapsed_missing_unexpected_first: Some(format!("{}:6", r.interactions.path.display())),
+        };
+        assert_eq!(meta.riiid.as_ref(), Some(&want));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(crate::dataset::META_FILE)).unwrap()).unwrap();
+        assert_eq!(json["riiid"]["questions_without_tags"], 2);
+        assert_eq!(json["riiid"]["elapsed_missing_unexpected"], 2);
+        assert_eq!(json["riiid"]["elapsed_missing_unexpected_first"], want.elapsed_missing_unexpected_first.unwrap());
+        let ds = Dataset::open(&out).unwrap();
+        assert_eq!(ds.meta.riiid, meta.riiid);
+        // The unexpected empties stay missing (NaN); the values around them are kept.
+        let s = &ds.events.store;
+        let elapsed = s.elapsed.as_ref().unwrap();
+        let at = |t: i64| elapsed[s.times.iter().position(|&x| x == t).unwrap()];
+        assert!(at(56943).is_nan() && at(140000).is_nan());
+        assert_eq!((at(30000), at(131167)), (25000.0, 19000.0));
+    }
+
+    #[test]
+    fn riiid_lecture_missing_from_lectures_csv_is_an_error() {
+        let r = riiid_checks("train_unknown_lecture.csv");
+        let out = crate::io::scratch_dir("prepare-riiid-lecture").join("prepared");
+        let e = prepare(&r, &out).unwrap_err().to_string();
+        let lectures = r.lectures.as_ref().unwrap().path.display().to_string();
+        assert_eq!(e, format!("{lectures}: lacks lecture 90 that the interactions use (1 lectures missing in all)"));
+        assert!(!out.exists());
+    }
+
+    #[test]
+    fn riiid_time_going_back_stops_preparation() {
+        let r = riiid_checks("train_time_backwards.csv");
+        let out = crate::io::scratch_dir("prepare-riiid-time").join("prepared");
+        let e = prepare(&r, &out).unwrap_err().to_string();
+        let want = format!(
+            "{}:8:2: column `timestamp`: user 115: timestamp 50000 is before the user's previous timestamp 56943",
+            r.interactions.path.display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+        assert!(!out.exists());
     }
 
     /// The prepared last-day split has the targets the sessions oracle was scored on.
@@ -319,7 +395,9 @@ mod tests {
             "format = \"gru4rec\"\n[interactions]\npath = \"sessions.tsv\"\n[split]\nkind = \"last_days\"\ndays = 1\n",
         );
         let out = d.join("prepared");
-        prepare(&r, &out).unwrap();
+        let meta = prepare(&r, &out).unwrap();
+        assert!(meta.riiid.is_none());
+        assert!(!std::fs::read_to_string(out.join(crate::dataset::META_FILE)).unwrap().contains("riiid"));
         let ds = Dataset::open(&out).unwrap();
         let (s, parts) = (&ds.events.store, &ds.events.parts);
         let test_seqs: Vec<usize> = (0..s.n_seq()).filter(|&q| parts[s.range(q)][0] == Part::Test).collect();

@@ -106,6 +106,15 @@ impl Rng {
     }
 }
 
+/// A seeded hash of `key` to `[0, 1)` with 53 bits: the first splitmix64
+/// output from the state `seed ^ key · 0xD1B54A32D192ED03`, top 53 bits.
+/// Equal `(seed, key)` give equal values on every platform; different keys
+/// are as good as independent uniforms.
+pub fn unit_hash(seed: u64, key: u64) -> f64 {
+    let mut x = seed ^ key.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (splitmix64(&mut x) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// Zipf(s) weights over ranks 1..=n, normalised to sum to one.
 pub fn zipf_weights(n: usize, s: f64) -> Vec<f64> {
     let mut w: Vec<f64> = (1..=n).map(|r| (r as f64).powf(-s)).collect();
@@ -239,6 +248,17 @@ mod tests {
                 assert!(t.prob[i] >= 1.0 || t.alias[i] != 0, "n {n}: outcome {i} can alias 0");
             }
         }
+    }
+
+    #[test]
+    fn unit_hash_is_splitmix64() {
+        // splitmix64's first output from state 0 is 0xE220A8397B1DCDAF (the
+        // published reference value); key 0 leaves the seed as the state.
+        assert_eq!(unit_hash(0, 0), (0xE220_A839_7B1D_CDAFu64 >> 11) as f64 / (1u64 << 53) as f64);
+        assert_eq!(unit_hash(7, 3), unit_hash(7, 3));
+        assert_ne!(unit_hash(7, 3), unit_hash(8, 3));
+        let mean = (0..100_000u64).map(|k| unit_hash(5, k)).sum::<f64>() / 100_000.0;
+        assert!((mean - 0.5).abs() < 0.005, "{mean}");
     }
 
     #[test]

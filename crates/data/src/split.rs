@@ -1,5 +1,6 @@
 //! Splits: leave-last-n-out per sequence, sessions starting in the last N
-//! days, a global time cut. Each event gets a [`Part`]; test (and
+//! days, a global time cut, the last fraction of each sequence, or whole
+//! sequences by a seeded hash. Each event gets a [`Part`]; test (and
 //! validation) events whose item never occurs in training are removed and
 //! counted.
 //!
@@ -10,7 +11,11 @@
 //! start, so a session is never cut in two), and validation or test sessions
 //! left with a single event after the unseen-item removal are dropped, as
 //! GRU4Rec does for its test set and, by cutting it the same way, for its
-//! validation set.
+//! validation set. With `BySequence`, a sequence's part depends only on the
+//! seed and its id in `vocab/seq` (the sorted raw keys as read, before
+//! filtering), not on the thread count or on the filters: a learner is
+//! entirely test, entirely validation or entirely training, and unseen-item
+//! removal may still take events out of a test or validation learner.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -81,6 +86,21 @@ pub enum SplitConfig {
         #[serde(default)]
         valid: f64,
     },
+    /// Whole sequences (learners, users): a sequence is test when the seeded
+    /// hash of its id ([`crate::rng::unit_hash`], uniform in `[0, 1)`) is
+    /// below `test`, validation when it is below `test + valid`, training
+    /// otherwise; so about `test` of the sequences are test and `valid`
+    /// validation.
+    BySequence {
+        /// Fraction of the sequences that are test.
+        test: f64,
+        /// Fraction of the sequences that validate.
+        #[serde(default)]
+        valid: f64,
+        /// Seed of the hash (default 0).
+        #[serde(default)]
+        seed: u64,
+    },
 }
 
 fn one() -> usize {
@@ -146,11 +166,10 @@ pub struct SplitReport {
 /// and returns the remaining store with the parts aligned to its events.
 ///
 /// # Errors
-/// [`Error::Invalid`] when `cfg` holds an impossible value (negative days,
-/// fractions outside `[0, 1]` or summing above 1, `valid_from` after
-/// `test_from`).
+/// [`Error::Invalid`] when `cfg` holds an impossible value (see
+/// [`SplitConfig::check`]), its message starting with the key (`split.test: ...`).
 pub fn apply(store: SequenceStore, cfg: &SplitConfig) -> Result<(SequenceStore, Vec<Part>, SplitReport)> {
-    check_config(cfg)?;
+    cfg.check().map_err(|(key, message)| Error::Invalid(format!("split.{key}: {message}")))?;
     let mut report = SplitReport { kind: kind_name(cfg).to_owned(), ..SplitReport::default() };
     let (parts, short) = assign_parts(&store, cfg);
     report.short_sequences_in_train = short;
@@ -185,38 +204,58 @@ fn kind_name(cfg: &SplitConfig) -> &'static str {
         SplitConfig::LastDays { .. } => "last_days",
         SplitConfig::TimeCut { .. } => "time_cut",
         SplitConfig::LastFraction { .. } => "last_fraction",
+        SplitConfig::BySequence { .. } => "by_sequence",
     }
 }
 
-fn check_config(cfg: &SplitConfig) -> Result<()> {
-    let bad = |key: &str, msg: String| Err(Error::Invalid(format!("split.{key}: {msg}")));
-    match *cfg {
-        SplitConfig::LastDays { days, valid_days } => {
-            for (key, v) in [("days", days), ("valid_days", valid_days)] {
-                if !(v.is_finite() && v >= 0.0) {
-                    return bad(key, format!("expected a finite number of days >= 0, found {v}"));
+impl SplitConfig {
+    /// Checks the values serde cannot: days finite and `>= 0`, fractions in
+    /// `[0, 1]` with `test + valid <= 1`, `valid_from` at or before `test_from`.
+    ///
+    /// # Errors
+    /// The offending key within `[split]` (`test`, `valid`, ...) and what was
+    /// expected; [`crate::recipe::Recipe`] reports it as `split.<key>`.
+    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
+        match *self {
+            SplitConfig::LastDays { days, valid_days } => {
+                for (key, v) in [("days", days), ("valid_days", valid_days)] {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err((key, format!("expected a finite number of days >= 0, found {v}")));
+                    }
                 }
             }
-        }
-        SplitConfig::LastFraction { test, valid } => {
-            for (key, v) in [("test", test), ("valid", valid)] {
-                if !(0.0..=1.0).contains(&v) {
-                    return bad(key, format!("expected a fraction in [0, 1], found {v}"));
+            SplitConfig::LastFraction { test, valid } | SplitConfig::BySequence { test, valid, .. } => {
+                for (key, v) in [("test", test), ("valid", valid)] {
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err((key, format!("expected a fraction in [0, 1], found {v}")));
+                    }
+                }
+                if test + valid > 1.0 {
+                    return Err(("valid", format!("test + valid must be at most 1, found {test} + {valid}")));
                 }
             }
-            if test + valid > 1.0 {
-                return bad("valid", format!("test + valid must be at most 1, found {test} + {valid}"));
+            SplitConfig::TimeCut { test_from, valid_from: Some(valid_from) } if valid_from > test_from => {
+                return Err((
+                    "valid_from",
+                    format!("expected a time at or before test_from ({test_from}), found {valid_from}"),
+                ));
             }
+            _ => {}
         }
-        SplitConfig::TimeCut { test_from, valid_from: Some(valid_from) } if valid_from > test_from => {
-            return bad(
-                "valid_from",
-                format!("expected a time at or before test_from ({test_from}), found {valid_from}"),
-            );
-        }
-        _ => {}
+        Ok(())
     }
-    Ok(())
+}
+
+/// The part of a whole sequence with id `seq_id` under `BySequence`.
+fn sequence_part(seq_id: u32, test: f64, valid: f64, seed: u64) -> Part {
+    let u = crate::rng::unit_hash(seed, u64::from(seq_id));
+    if u < test {
+        Part::Test
+    } else if u < test + valid {
+        Part::Valid
+    } else {
+        Part::Train
+    }
 }
 
 /// The part of every event, and how many sequences `LeaveLastOut` left
@@ -264,6 +303,11 @@ fn assign_parts(store: &SequenceStore, cfg: &SplitConfig) -> (Vec<Part>, usize) 
                 let n_test = ((len as f64 * test).round() as usize).min(len);
                 let n_valid = ((len as f64 * valid).round() as usize).min(len - n_test);
                 mark_tail(p, n_test, n_valid);
+            });
+        }
+        SplitConfig::BySequence { test, valid, seed } => {
+            store.par_for_each_sequence_mut(&mut parts, |s, p| {
+                p.fill(sequence_part(store.seq_ids[s], test, valid, seed));
             });
         }
     }
@@ -439,6 +483,70 @@ mod tests {
         assert_eq!(parts, vec![Va, Te, Te, Te]);
     }
 
+    /// `unit_hash(0, id)` for ids 1..=8 is 0.176, 0.236, 0.094, 0.491, 0.338,
+    /// 0.680, 0.066, 0.231 (computed by hand from splitmix64, outside this
+    /// crate); with seed 1 it is 0.282, 0.038, 0.534, 0.908, 0.100, 0.116,
+    /// 0.655, 0.544.
+    #[test]
+    fn by_sequence_sends_whole_sequences_by_their_hash() {
+        // Sequence 3 alone has item 9, and it is a test sequence: 9 is unseen.
+        let s = items(&[&[1, 2], &[1, 2], &[1, 9], &[1, 2], &[1, 2], &[1, 2], &[1, 2], &[1, 2]]);
+        let cfg = SplitConfig::BySequence { test: 0.2, valid: 0.3, seed: 0 };
+        let (out, parts, r) = apply(s.clone(), &cfg).unwrap();
+        // < 0.2 test: 1, 3, 7; < 0.5 validation: 2, 4, 5, 8; training: 6.
+        assert_eq!(
+            parts_by_seq(&out, &parts),
+            vec![
+                vec![Te, Te],
+                vec![Va, Va],
+                vec![Te],
+                vec![Va, Va],
+                vec![Va, Va],
+                vec![Tr, Tr],
+                vec![Te, Te],
+                vec![Va, Va]
+            ]
+        );
+        assert_eq!(r.kind, "by_sequence");
+        assert_eq!((r.removed_unseen, r.removed_unseen_test, r.removed_unseen_valid), (1, 1, 0));
+        assert_eq!(r.events, PartCounts { train: 2, valid: 8, test: 5 });
+        assert_eq!(r.sequences, PartCounts { train: 1, valid: 4, test: 3 });
+        assert_eq!((r.removed_sequences, r.short_sequences_in_train, r.removed_short_sessions), (0, 0, 0));
+        out.validate().unwrap();
+
+        // Another seed, another draw: < 0.2 test: 2, 5, 6; valid defaults to 0 in the recipe.
+        let (parts, _) = assign_parts(&s, &SplitConfig::BySequence { test: 0.2, valid: 0.0, seed: 1 });
+        let test: Vec<u32> = (0..s.n_seq()).filter(|&q| parts[s.range(q)][0] == Te).map(|q| s.seq_ids[q]).collect();
+        assert_eq!(test, [2, 5, 6]);
+        assert!(parts.iter().all(|&p| p != Va));
+        // The edges: everything test, or everything training.
+        let (parts, _) = assign_parts(&s, &SplitConfig::BySequence { test: 1.0, valid: 0.0, seed: 3 });
+        assert!(parts.iter().all(|&p| p == Te));
+        let (parts, _) = assign_parts(&s, &SplitConfig::BySequence { test: 0.0, valid: 0.0, seed: 3 });
+        assert!(parts.iter().all(|&p| p == Tr));
+    }
+
+    #[test]
+    fn by_sequence_fractions_hold_and_do_not_depend_on_threads() {
+        let evs: Vec<Vec<(u32, i64)>> = (0..20_000).map(|q| vec![(1, q), (1, q + 1)]).collect();
+        let refs: Vec<&[(u32, i64)]> = evs.iter().map(Vec::as_slice).collect();
+        let s = store(&refs);
+        let cfg = SplitConfig::BySequence { test: 0.1, valid: 0.2, seed: 42 };
+        let (_, parts, r) = apply(s.clone(), &cfg).unwrap();
+        let n = s.n_seq() as f64;
+        // Binomial sd is 0.002 (test) and 0.003 (valid): 0.01 is several sd.
+        assert!((r.sequences.test as f64 / n - 0.1).abs() < 0.01, "{r:?}");
+        assert!((r.sequences.valid as f64 / n - 0.2).abs() < 0.01, "{r:?}");
+        assert_eq!(r.sequences.train + r.sequences.valid + r.sequences.test, s.n_seq());
+        assert_eq!(r.events.test, 2 * r.sequences.test);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let (_, parts_1, r_1) = one.install(|| apply(s.clone(), &cfg)).unwrap();
+        assert_eq!(parts_1, parts);
+        assert_eq!(r_1, r);
+        let (_, other, _) = apply(s, &SplitConfig::BySequence { test: 0.1, valid: 0.2, seed: 43 }).unwrap();
+        assert_ne!(other, parts);
+    }
+
     #[test]
     fn impossible_configs_are_errors() {
         let s = items(&[&[1]]);
@@ -448,11 +556,24 @@ mod tests {
             SplitConfig::LastFraction { test: 0.7, valid: 0.4 },
             SplitConfig::LastFraction { test: 1.5, valid: 0.0 },
             SplitConfig::TimeCut { test_from: 5, valid_from: Some(6) },
+            SplitConfig::BySequence { test: 0.6, valid: 0.5, seed: 0 },
+            SplitConfig::BySequence { test: -0.1, valid: 0.0, seed: 0 },
         ];
         for cfg in bad {
             let msg = apply(s.clone(), &cfg).unwrap_err().to_string();
             assert!(msg.starts_with("split."), "{msg}");
         }
+    }
+
+    #[test]
+    fn by_sequence_fractions_are_checked_by_key() {
+        let check = |test, valid| SplitConfig::BySequence { test, valid, seed: 0 }.check().unwrap_err();
+        assert_eq!(check(1.5, 0.0), ("test", "expected a fraction in [0, 1], found 1.5".to_owned()));
+        assert_eq!(check(0.1, f64::NAN).0, "valid");
+        assert_eq!(check(0.6, 0.5), ("valid", "test + valid must be at most 1, found 0.6 + 0.5".to_owned()));
+        assert!(SplitConfig::BySequence { test: 0.5, valid: 0.5, seed: 9 }.check().is_ok());
+        let e = apply(items(&[&[1]]), &SplitConfig::BySequence { test: 0.0, valid: -1.0, seed: 0 }).unwrap_err();
+        assert_eq!(e.to_string(), "split.valid: expected a fraction in [0, 1], found -1");
     }
 
     #[test]
@@ -474,6 +595,7 @@ mod tests {
                 SplitConfig::LastDays { days: 2.0, valid_days: 1.0 },
                 SplitConfig::TimeCut { test_from: 8 * 86_400_000, valid_from: Some(6 * 86_400_000) },
                 SplitConfig::LastFraction { test: 0.3, valid: 0.2 },
+                SplitConfig::BySequence { test: 0.3, valid: 0.2, seed },
             ];
             for cfg in cfgs {
                 let (out, parts, r) = apply(s.clone(), &cfg).unwrap();

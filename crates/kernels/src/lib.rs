@@ -6,6 +6,8 @@
 //!   (only the touched rows of an embedding or output table, repeated row ids
 //!   summed first), as in-place candle ops.
 //! - [`loss`]: GRU4Rec's sampled-output losses fused into one op (forward and gradient).
+//! - [`lstm`]: a whole LSTM sequence as one op, forward and backward by hand.
 
 pub mod loss;
+pub mod lstm;
 pub mod optim;

@@ -655,10 +655,20 @@ fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Tensor)> {
 /// when unset. Without it candle 0.11 counts the physical cores by reading
 /// `/proc/cpuinfo` on every matrix product, which cost a fifth of a GRU4Rec
 /// training step on a 2-core machine.
+///
+/// Also keeps candle's element-wise ops on the calling thread
+/// (`CANDLE_NUM_THREADS=1`) when unset: candle 0.11 splits any op over 64k
+/// values across a spinning barrier pool of its own beside rayon's, and on
+/// 2 cores the two pools fight (half of an RRNCF step was the main thread
+/// spinning for a descheduled pool worker; one thread made it 3.7× faster).
+/// Must run before candle's first parallel op (the pool is built once).
 pub fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

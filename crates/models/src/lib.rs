@@ -20,6 +20,7 @@ pub mod bst;
 pub mod emb_gru;
 pub mod error;
 pub mod gru4rec;
+pub mod kt;
 pub mod loss;
 pub mod next_item;
 pub mod nn;

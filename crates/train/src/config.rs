@@ -385,13 +385,15 @@ mod tests {
                     crate::rating::RatingConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 } else if crate::next_item::NEXT_ITEM_MODELS.contains(&model.as_str()) {
                     crate::next_item::NextItemConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                } else if crate::kt::KT_MODELS.contains(&model.as_str()) {
+                    crate::kt::KtConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 } else {
                     Gru4RecConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 }
                 n += 1;
             }
         }
-        assert!(n >= 8, "expected the shipped configs in {}", dir.display());
+        assert!(n >= 11, "expected the shipped configs in {}", dir.display());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod gru4rec;
+pub mod kt;
 pub mod next_item;
 pub mod progress;
 pub mod rating;

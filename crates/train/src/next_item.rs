@@ -477,7 +477,7 @@ fn build_model(cfg: &NextItemConfig, n_ids: usize, dev: &Device) -> Result<Box<d
 
 /// Scales the gradients so that their global L2 norm is at most `max`;
 /// returns the norm before clipping.
-fn clip_gradients(grads: &mut [(String, Tensor)], max: f64) -> Result<f64> {
+pub(crate) fn clip_gradients(grads: &mut [(String, Tensor)], max: f64) -> Result<f64> {
     let mut sq = 0f64;
     for (_, g) in grads.iter() {
         sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);

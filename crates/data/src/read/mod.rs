@@ -10,6 +10,12 @@
 //!
 //! Parquet sources (format `parquet`, or `riiid` with a `.parquet` path or a
 //! folder) decode row-group slices in parallel (module `parquet`).
+//!
+//! Riiid interactions are also checked as they stream, in input order
+//! (module `riiid`): a learner's time going back is an error naming the
+//! file, line (or parquet row group and row), column `timestamp`, the user
+//! and both times; an empty `prior_question_elapsed_time` outside a
+//! learner's first question bundle is counted ([`InputReport`]).
 
 pub(crate) mod blocks;
 pub(crate) mod columns;
@@ -17,12 +23,17 @@ pub(crate) mod convert;
 pub(crate) mod fields;
 pub(crate) mod layout;
 pub(crate) mod parquet;
+pub(crate) mod riiid;
 pub(crate) mod text;
 pub(crate) mod values;
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use arrow_array::RecordBatch;
 
-use crate::recipe::{Format, Source};
+pub use riiid::RiiidReport;
+
+use crate::recipe::{Format, Source, Table};
 use crate::table::Batches;
 use crate::Result;
 
@@ -70,11 +81,38 @@ pub fn read_interactions(src: &Source) -> Result<Batches> {
 /// # Errors
 /// As [`read_interactions`].
 pub fn read_interactions_with(src: &Source, options: &ReadOptions) -> Result<Batches> {
-    if is_parquet(src) {
-        parquet::read_interactions(src, options)
-    } else {
-        text::read_interactions(src, options)
+    read_interactions_reporting(src, options).map(|(batches, _)| batches)
+}
+
+/// What a reader counted while its batches streamed: for format `riiid`,
+/// the input checks' [`RiiidReport`] (`questions_without_tags` is left to
+/// [`crate::prepare`]). Complete once the stream has ended.
+#[derive(Debug, Clone, Default)]
+pub struct InputReport {
+    riiid: Option<Arc<Mutex<RiiidReport>>>,
+}
+
+impl InputReport {
+    /// The Riiid checks' counts so far; `None` for other formats.
+    pub fn riiid(&self) -> Option<RiiidReport> {
+        self.riiid.as_ref().map(|r| r.lock().unwrap_or_else(PoisonError::into_inner).clone())
     }
+}
+
+/// [`read_interactions_with`], and a handle on what the reader counts.
+///
+/// # Errors
+/// As [`read_interactions`].
+pub fn read_interactions_reporting(src: &Source, options: &ReadOptions) -> Result<(Batches, InputReport)> {
+    let shared = (src.format == Format::Riiid && src.table == Table::Interactions)
+        .then(|| Arc::new(Mutex::new(RiiidReport::default())));
+    let checks = shared.as_ref().map(|s| riiid::RiiidChecks::new(&src.path, s.clone()));
+    let batches = if is_parquet(src) {
+        parquet::read_interactions(src, options, checks)?
+    } else {
+        text::read_interactions(src, options, checks)?
+    };
+    Ok((batches, InputReport { riiid: shared }))
 }
 
 /// Reads a side table (users, items, questions, lectures) whole: a `key`

@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use crate::read::convert::{concat, convert, expects, Conv};
 use crate::read::fields::Delimiter;
 use crate::read::layout::preset;
+use crate::read::riiid::RiiidChecks;
 use crate::read::ReadOptions;
 use crate::recipe::{ColumnRef, FeatureKind, Role, Source, Table};
 use crate::table::{col, Batches};
@@ -170,6 +171,13 @@ fn open_file(src: &Source, path: &Path) -> Result<ParquetFile> {
     Ok(ParquetFile { path: path.to_path_buf(), metadata, mask, names, wanted, schema })
 }
 
+impl ParquetFile {
+    /// The source column read as canonical column `name`.
+    fn source_name(&self, name: &str) -> Option<&str> {
+        self.wanted.iter().find(|w| w.name == name).map(|w| self.names[w.source].as_str())
+    }
+}
+
 /// The canonical type `conv` makes of a column of type `t`.
 fn output_type(conv: &Conv, t: &DataType) -> DataType {
     use crate::recipe::KeyType;
@@ -270,6 +278,36 @@ struct ParquetBatches {
     window: usize,
     pending: VecDeque<RecordBatch>,
     done: bool,
+    riiid: Option<RiiidChecks>,
+}
+
+impl ParquetBatches {
+    /// Runs the Riiid checks on the batches of `unit` (in file order).
+    fn check(&mut self, unit: Unit, batches: &[RecordBatch]) -> Result<()> {
+        let Some(checks) = &mut self.riiid else { return Ok(()) };
+        let file = &self.files[unit.file];
+        let mut row = unit.start;
+        for batch in batches {
+            match checks.check(batch) {
+                Ok(None) => {}
+                Ok(Some(r)) => checks.note_first(&format!(": row group {}, row {}", unit.row_group, row + r)),
+                Err(b) => {
+                    let before: i64 =
+                        file.metadata.metadata().row_groups()[..unit.row_group].iter().map(|g| g.num_rows()).sum();
+                    let in_file = before + (row + b.row) as i64;
+                    return Err(Error::ParquetValue {
+                        path: file.path.clone(),
+                        row_group: unit.row_group,
+                        row: row + b.row,
+                        name: file.source_name(col::TIME).unwrap_or("timestamp").to_owned(),
+                        message: format!("{} (row {in_file} of the file)", b.message()),
+                    });
+                }
+            }
+            row += batch.num_rows();
+        }
+        Ok(())
+    }
 }
 
 impl Iterator for ParquetBatches {
@@ -280,16 +318,24 @@ impl Iterator for ParquetBatches {
             if let Some(batch) = self.pending.pop_front() {
                 return Some(Ok(batch));
             }
-            if self.done || self.next >= self.units.len() {
+            if self.done {
+                return None;
+            }
+            if self.next >= self.units.len() {
+                self.done = true;
+                if let Some(checks) = &self.riiid {
+                    checks.finish();
+                }
                 return None;
             }
             let end = (self.next + self.window).min(self.units.len());
             let files = &self.files;
             let decoded: Vec<Result<Vec<RecordBatch>>> =
                 self.units[self.next..end].par_iter().map(|u| decode(&files[u.file], *u)).collect();
+            let first = self.next;
             self.next = end;
-            for d in decoded {
-                match d {
+            for (k, d) in decoded.into_iter().enumerate() {
+                match d.and_then(|batches| self.check(self.units[first + k], &batches).map(|()| batches)) {
                     Ok(batches) => self.pending.extend(batches.into_iter().filter(|b| b.num_rows() > 0)),
                     Err(e) => {
                         self.done = true;
@@ -302,14 +348,15 @@ impl Iterator for ParquetBatches {
     }
 }
 
-/// Canonical batches of an interactions parquet source, streamed.
-pub(crate) fn read_interactions(src: &Source, options: &ReadOptions) -> Result<Batches> {
+/// Canonical batches of an interactions parquet source, streamed, with the
+/// Riiid checks run on each batch in file order when given.
+pub(crate) fn read_interactions(src: &Source, options: &ReadOptions, riiid: Option<RiiidChecks>) -> Result<Batches> {
     let (files, units) = plan(src, options)?;
     if units.is_empty() {
         return Err(Error::File { path: src.path.clone(), message: "no rows".to_owned() });
     }
     let window = rayon::current_num_threads().max(1);
-    Ok(Box::new(ParquetBatches { files, units, next: 0, window, pending: VecDeque::new(), done: false }))
+    Ok(Box::new(ParquetBatches { files, units, next: 0, window, pending: VecDeque::new(), done: false, riiid }))
 }
 
 /// A whole parquet side table as one batch.
@@ -455,6 +502,71 @@ mod tests {
                 }
                 other => panic!("expected a parquet value error, got {other}"),
             }
+        }
+    }
+
+    /// Rows 4..8 are user 1 (bundles 0..4, row 4 a lecture); with row
+    /// groups of 4 rows, row 7 is row group 1, row 3, and with units of 3
+    /// rows it is decoded apart from row 6 before it.
+    #[test]
+    fn riiid_time_going_back_names_row_group_row_user_and_both_times() {
+        let path = crate::io::scratch_dir("parquet").join("train.parquet");
+        let mut columns = riiid_columns(0, 10);
+        let times: Vec<i64> = (0..10).map(|i| if i == 7 { 5500 } else { i * 1000 }).collect();
+        columns[1].1 = Arc::new(Int64Array::from(times));
+        write_parquet(&path, columns, 4);
+        for options in [ReadOptions::default(), small_units()] {
+            let e = read_interactions_with(&riiid_source(&path), &options)
+                .unwrap()
+                .collect::<Result<Vec<_>>>()
+                .unwrap_err();
+            match e {
+                Error::ParquetValue { path: p, row_group, row, name, message } => {
+                    assert_eq!((p, row_group, row, name.as_str()), (path.clone(), 1, 3, "timestamp"));
+                    assert_eq!(
+                        message,
+                        "user 1: timestamp 5500 is before the user's previous timestamp 6000; a learner's rows must \
+                         not go back in time (row 7 of the file)"
+                    );
+                }
+                other => panic!("expected a parquet value error, got {other}"),
+            }
+        }
+        // The generic parquet format reads the same file without complaint.
+        let mut generic = Source::new(Table::Interactions, &path, Format::Parquet);
+        for (role, name) in [(Role::Seq, "user_id"), (Role::Item, "content_id"), (Role::Time, "timestamp")] {
+            generic.columns.insert(role, ColumnRef::Name(name.into()));
+        }
+        let b: Vec<RecordBatch> =
+            read_interactions_with(&generic, &small_units()).unwrap().collect::<Result<_>>().unwrap();
+        assert_eq!(ints(&b, "time")[7], 5500);
+    }
+
+    /// Rows 6 and 7 are user 1's questions of bundles 2 and 3: an empty
+    /// elapsed time there is unexpected (the first at row group 1, row 2),
+    /// NaN counting as empty; rows 0, 4 and 8 open their learners' first
+    /// bundles.
+    #[test]
+    fn riiid_unexpected_empty_elapsed_times_are_counted_by_row_group_and_row() {
+        let path = crate::io::scratch_dir("parquet").join("train.parquet");
+        let mut columns = riiid_columns(0, 10);
+        let elapsed: Float32Array = (0..10)
+            .map(|i| match i {
+                6 => None,
+                7 | 9 => Some(f32::NAN),
+                i if i % 4 == 0 => None,
+                i => Some(i as f32),
+            })
+            .collect();
+        columns[8].1 = Arc::new(elapsed);
+        write_parquet(&path, columns, 4);
+        for options in [ReadOptions::default(), small_units()] {
+            let (batches, report) = crate::read::read_interactions_reporting(&riiid_source(&path), &options).unwrap();
+            assert_eq!(batches.collect::<Result<Vec<_>>>().unwrap().iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+            let r = report.riiid().unwrap();
+            // Rows 6 and 7 (NaN) count; row 9 (user 2, bundle 1) is a lecture (9 % 5 == 4).
+            assert_eq!(r.elapsed_missing_unexpected, 2);
+            assert_eq!(r.elapsed_missing_unexpected_first, Some(format!("{}: row group 1, row 2", path.display())));
         }
     }
 

@@ -12,6 +12,7 @@ use crate::read::blocks::{cut_at_lines, Blocks};
 use crate::read::columns::{Columns, LineError};
 use crate::read::fields::next_line;
 use crate::read::layout::{has_header, resolve, TextLayout};
+use crate::read::riiid::{Backwards, RiiidChecks};
 use crate::read::ReadOptions;
 use crate::recipe::Source;
 use crate::table::Batches;
@@ -71,6 +72,13 @@ impl TextReader {
         e.into_error(&self.layout, line)
     }
 
+    /// The time-going-back error at absolute line `line`.
+    fn backwards_at(&self, b: &Backwards, line: u64) -> Error {
+        let field = self.layout.outputs.iter().find(|o| o.name == crate::table::col::TIME).map_or(0, |o| o.field);
+        let e = LineError { line: 0, column: field + 1, message: b.message() };
+        e.into_error(&self.layout, line)
+    }
+
     fn no_data(&self) -> Error {
         let after = if self.layout.header { " after the header" } else { "" };
         Error::File { path: self.layout.path.clone(), message: format!("no data lines{after}") }
@@ -82,8 +90,9 @@ enum ChunkError {
     Other(Error),
 }
 
-/// Canonical batches of an interactions text file, streamed.
-pub(crate) fn read_interactions(src: &Source, options: &ReadOptions) -> Result<Batches> {
+/// Canonical batches of an interactions text file, streamed, with the
+/// Riiid checks run on each batch in file order when given.
+pub(crate) fn read_interactions(src: &Source, options: &ReadOptions, riiid: Option<RiiidChecks>) -> Result<Batches> {
     let reader = TextReader::open(src, options)?;
     Ok(Box::new(TextBatches {
         reader,
@@ -91,7 +100,26 @@ pub(crate) fn read_interactions(src: &Source, options: &ReadOptions) -> Result<B
         pending: VecDeque::new(),
         rows: 0,
         done: false,
+        riiid,
     }))
+}
+
+/// The 1-based line of the `row`-th (0-based) non-blank line of `piece`,
+/// whose first line is line `first`.
+fn line_of_row(piece: &[u8], row: usize, first: u64) -> u64 {
+    let (mut rest, mut line, mut seen) = (piece, first, 0usize);
+    while !rest.is_empty() {
+        let (text, tail) = next_line(rest);
+        if !text.is_empty() {
+            if seen == row {
+                return line;
+            }
+            seen += 1;
+        }
+        rest = tail;
+        line += 1;
+    }
+    line
 }
 
 /// A whole side table as one batch (side tables are small: parsed on one thread).
@@ -117,15 +145,18 @@ struct TextBatches {
     pending: VecDeque<RecordBatch>,
     rows: usize,
     done: bool,
+    riiid: Option<RiiidChecks>,
 }
 
 impl TextBatches {
-    /// Parses a block's pieces in parallel; batches come back in file order.
+    /// Parses a block's pieces in parallel; batches come back in file order
+    /// (and go through the Riiid checks in that order).
     fn parse_block(&mut self, block: &[u8]) -> Result<()> {
         let layout = &*self.reader.layout;
-        let parsed: Vec<Result<(Option<RecordBatch>, u64), ChunkError>> = cut_at_lines(block, self.chunk_bytes)
-            .into_par_iter()
-            .map(|piece| {
+        let pieces = cut_at_lines(block, self.chunk_bytes);
+        let parsed: Vec<Result<(Option<RecordBatch>, u64), ChunkError>> = pieces
+            .par_iter()
+            .map(|&piece| {
                 let mut columns = Columns::for_text(layout, piece);
                 let lines = columns.parse(layout, piece).map_err(ChunkError::Line)?;
                 let batch =
@@ -133,11 +164,23 @@ impl TextBatches {
                 Ok((batch, lines))
             })
             .collect();
-        for result in parsed {
+        for (result, piece) in parsed.into_iter().zip(pieces) {
             match result {
                 Ok((batch, lines)) => {
+                    let first_line = self.reader.line + 1;
                     self.reader.line += lines;
                     if let Some(batch) = batch {
+                        if let Some(checks) = &mut self.riiid {
+                            match checks.check(&batch) {
+                                Ok(None) => {}
+                                Ok(Some(row)) => {
+                                    checks.note_first(&format!(":{}", line_of_row(piece, row, first_line)))
+                                }
+                                Err(b) => {
+                                    return Err(self.reader.backwards_at(&b, line_of_row(piece, b.row, first_line)))
+                                }
+                            }
+                        }
                         self.rows += batch.num_rows();
                         self.pending.push_back(batch);
                     }
@@ -165,6 +208,9 @@ impl Iterator for TextBatches {
                 None if self.rows == 0 => Err(self.reader.no_data()),
                 None => {
                     self.done = true;
+                    if let Some(checks) = &self.riiid {
+                        checks.finish();
+                    }
                     return None;
                 }
                 Some(block) => block.and_then(|b| {
@@ -202,7 +248,7 @@ mod tests {
     }
 
     fn all(src: &Source, options: &ReadOptions) -> Result<Vec<RecordBatch>> {
-        read_interactions(src, options)?.collect()
+        crate::read::read_interactions_with(src, options)?.collect()
     }
 
     /// The first error reading `src`, whether at open or in the stream.
@@ -423,6 +469,100 @@ mod tests {
         let path = write("clicks.tsv", b"\xEF\xBB\xBFSessionId\tItemId\tTime\n1\t2\t3\n");
         let b = all(&source(Format::Gru4rec, &path), &ReadOptions::default()).unwrap();
         assert_eq!(ints(&b, "time"), [3000]);
+    }
+
+    fn riiid_checks(rel: &str) -> Source {
+        source(Format::Riiid, &crate::read::testing::fixture(&format!("riiid-checks/{rel}")))
+    }
+
+    fn tiny_pieces() -> [ReadOptions; 3] {
+        [
+            ReadOptions::default(),
+            ReadOptions { block_bytes: 64, chunk_bytes: 16, ..Default::default() },
+            ReadOptions { block_bytes: 200, chunk_bytes: 70, ..Default::default() },
+        ]
+    }
+
+    /// User 115 goes from 56943 (line 6) back to 50000 on line 8, with a row
+    /// of user 2746 between; line 7 is earlier than line 6 but belongs to
+    /// another user, which is fine.
+    #[test]
+    fn riiid_time_going_back_within_a_user_names_line_user_and_both_times() {
+        let src = riiid_checks("train_time_backwards.csv");
+        for options in tiny_pieces() {
+            let e = all(&src, &options).unwrap_err();
+            let shown = e.to_string();
+            assert_parse(
+                e,
+                &src.path,
+                8,
+                2,
+                "timestamp",
+                "user 115: timestamp 50000 is before the user's previous timestamp 56943",
+            );
+            assert!(shown.starts_with(&format!("{}:8:2: column `timestamp`: user 115", src.path.display())), "{shown}");
+        }
+        // Blank lines shift the line numbers; the check still names the right line.
+        let text = std::fs::read_to_string(&src.path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(3, "");
+        lines.insert(1, "");
+        let path = write("train.csv", lines.join("\r\n").as_bytes());
+        for options in tiny_pieces() {
+            let e = all(&source(Format::Riiid, &path), &options).unwrap_err();
+            assert_parse(e, &path, 10, 2, "timestamp", "user 115: timestamp 50000 is before");
+        }
+        // Other formats are sorted by time later, legitimately.
+        let mut csv = source(Format::Csv, &src.path);
+        for (role, name) in [(Role::Seq, "user_id"), (Role::Item, "content_id"), (Role::Time, "timestamp")] {
+            csv.columns.insert(role, ColumnRef::Name(name.into()));
+        }
+        assert_eq!(ints(&all(&csv, &ReadOptions::default()).unwrap(), "time")[6], 50000 * 1000);
+    }
+
+    #[test]
+    fn riiid_time_going_back_with_text_user_keys() {
+        let header = "row_id,timestamp,user_id,content_id,content_type_id,task_container_id,user_answer,answered_correctly,prior_question_elapsed_time,prior_question_had_explanation\n";
+        let rows = "0,10,a,1,0,0,0,1,,\n1,5,b,1,0,0,0,1,,\n2,11,a,2,0,1,0,1,1.0,False\n3,4,b,2,0,1,0,1,1.0,False\n";
+        let path = write("train.csv", format!("{header}{rows}").as_bytes());
+        let mut src = source(Format::Riiid, &path);
+        src.seq_type = Some(crate::recipe::KeyType::Str);
+        assert_parse(
+            error(&src),
+            &path,
+            5,
+            2,
+            "timestamp",
+            "user b: timestamp 4 is before the user's previous timestamp 5",
+        );
+    }
+
+    /// Lines 6 and 10 are questions past their learner's first bundle with
+    /// an empty elapsed time; lines 2, 3 (user 115's first bundle), 5 (user
+    /// 2746's first question bundle, after a lecture) and the lectures are not.
+    #[test]
+    fn riiid_unexpected_empty_elapsed_times_are_counted_not_refused() {
+        let src = riiid_checks("train.csv");
+        for options in tiny_pieces() {
+            let (batches, report) = crate::read::read_interactions_reporting(&src, &options).unwrap();
+            let b: Vec<RecordBatch> = batches.collect::<Result<_>>().unwrap();
+            let elapsed = crate::read::testing::floats(&b, "elapsed");
+            assert_eq!((elapsed[4], elapsed[8]), (None, None));
+            let r = report.riiid().unwrap();
+            assert_eq!(r.elapsed_missing_unexpected, 2, "{options:?}");
+            assert_eq!(r.elapsed_missing_unexpected_first, Some(format!("{}:6", src.path.display())));
+            assert_eq!(r.questions_without_tags, None);
+        }
+        // Riiid's own pattern: empty only on first bundles and lectures.
+        let plain = source(Format::Riiid, &crate::read::testing::fixture("riiid/train.csv"));
+        let (batches, report) = crate::read::read_interactions_reporting(&plain, &ReadOptions::default()).unwrap();
+        assert_eq!(batches.count(), 1);
+        assert_eq!(report.riiid(), Some(crate::read::RiiidReport::default()));
+        // Other formats have no Riiid report.
+        let gru = write("clicks.tsv", b"SessionId\tItemId\tTime\n1\t2\t3\n");
+        let (_, report) =
+            crate::read::read_interactions_reporting(&source(Format::Gru4rec, &gru), &ReadOptions::default()).unwrap();
+        assert_eq!(report.riiid(), None);
     }
 
     #[test]

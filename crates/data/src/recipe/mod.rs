@@ -33,6 +33,14 @@
 //! valid = 1
 //! ```
 //!
+//! Split kinds (section `[split]`, key `kind`): `none` (the default),
+//! `leave_last_out` (`n`, `valid`: events per sequence), `last_days`
+//! (`days`, `valid_days`), `time_cut` (`test_from`, `valid_from`, ms),
+//! `last_fraction` (`test`, `valid`: fractions of each sequence's events)
+//! and `by_sequence` (`test`, `valid`: fractions of the sequences, each
+//! sequence whole; `seed`, default 0). Fractions must lie in `[0, 1]` and
+//! sum to at most 1; a bad value is an error naming `split.<key>`.
+//!
 //! Keys of a table section: `path`, `format`, `columns` (interactions:
 //! role → column name, or 0-based index for files without a header; roles
 //! `seq item time rating label kind group elapsed explained`), `key` (side
@@ -104,9 +112,11 @@ pub struct Recipe {
 
 /// Serde's "unknown field `x`" or "unknown variant `x`" → the key it names.
 fn serde_key(prefix: &str, message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            return format!("{prefix}.{}", &rest[..end]);
+    for lead in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.strip_prefix(lead) {
+            if let Some(end) = rest.find('`') {
+                return format!("{prefix}.{}", &rest[..end]);
+            }
         }
     }
     if message.starts_with("unknown variant") || message.contains("field `kind`") {
@@ -204,6 +214,7 @@ impl Recipe {
         let lectures = source(&mut top, Table::Lectures)?;
         let filter = serde_section::<FilterConfig>(&mut top, "filter")?;
         let split = serde_section::<SplitConfig>(&mut top, "split")?;
+        split.check().map_err(|(key, message)| Error::config(path, format!("split.{key}"), message))?;
         Ok(Recipe {
             name,
             dir,
@@ -392,6 +403,28 @@ valid = 1
                 "invalid type: string \"one\", expected usize",
             ),
             (format!("{MINIMAL}[split]\nkind = \"last_days\"\ndays = \"x\"\n"), "split.days", "invalid type"),
+            (format!("{MINIMAL}[split]\nkind = \"by_sequence\"\nvalid = 0.1\n"), "split.test", "missing field `test`"),
+            (
+                format!("{MINIMAL}[split]\nkind = \"by_sequence\"\ntest = 1.5\n"),
+                "split.test",
+                "expected a fraction in [0, 1], found 1.5",
+            ),
+            (
+                format!("{MINIMAL}[split]\nkind = \"by_sequence\"\ntest = 0.6\nvalid = 0.5\n"),
+                "split.valid",
+                "test + valid must be at most 1, found 0.6 + 0.5",
+            ),
+            (
+                format!("{MINIMAL}[split]\nkind = \"by_sequence\"\ntest = 0.1\nseed = -1\n"),
+                "split.seed",
+                "invalid value",
+            ),
+            (
+                format!("{MINIMAL}[split]\nkind = \"last_fraction\"\ntest = 0.1\nvalid = -0.5\n"),
+                "split.valid",
+                "expected a fraction in [0, 1], found -0.5",
+            ),
+            (format!("{MINIMAL}[split]\nkind = \"last_days\"\ndays = -1\n"), "split.days", "days >= 0"),
             (
                 format!("{MINIMAL}[filter]\nmin_item_support = 2\ncollapse_repeats = 3\n"),
                 "filter.collapse_repeats",
@@ -441,6 +474,11 @@ valid = 1
         assert_eq!(rsc15.split, SplitConfig::LastDays { days: 1.0, valid_days: 0.0 });
         let riiid = Recipe::load(&datasets_dir().join("riiid.toml")).unwrap();
         assert_eq!(riiid.split, SplitConfig::LastFraction { test: 0.1, valid: 0.1 });
+        let by_learner = Recipe::load(&datasets_dir().join("synth-kt-by-learner.toml")).unwrap();
+        let synth = Recipe::load(&datasets_dir().join("synth-kt.toml")).unwrap();
+        assert_eq!(by_learner.split, SplitConfig::BySequence { test: 0.1, valid: 0.1, seed: 0 });
+        assert_eq!((by_learner.dir, by_learner.interactions), (synth.dir, synth.interactions));
+        assert_eq!((by_learner.questions, by_learner.lectures), (synth.questions, synth.lectures));
     }
 
     #[test]
@@ -459,7 +497,7 @@ valid = 1
             }
             seen += 1;
         }
-        assert_eq!(seen, 7);
+        assert_eq!(seen, 8);
     }
 
     /// The real MovieLens 100K, when this machine has it.

@@ -172,23 +172,48 @@ impl Knowledge {
     }
 }
 
+/// A learner's first draws: user id, ability, per-tag offsets and history
+/// length, and the generator positioned after them.
+struct Start {
+    user: i32,
+    rng: Rng,
+    theta: f64,
+    offsets: Vec<f64>,
+    len: usize,
+}
+
+fn start(cfg: &KtConfig, learner: u64) -> Result<Start> {
+    let (user, mut rng) = user_id(cfg.seed, learner)?;
+    let theta = rng.normal();
+    let offsets: Vec<f64> = (0..cfg.n_tags).map(|_| cfg.offset_sd * rng.normal()).collect();
+    let len = (cfg.len_median.ln() + cfg.len_sigma * rng.normal()).exp().round();
+    let len = len.clamp(1.0, cfg.max_len as f64) as usize;
+    Ok(Start { user, rng, theta, offsets, len })
+}
+
+/// The history length learner `learner` is drawn (without simulating it):
+/// [`simulate_learner`] appends at least this many rows, and at most 4 more
+/// (the last bundle is finished).
+///
+/// # Errors
+/// [`Error::Invalid`] when the learner's user id would not fit an `i32`.
+pub fn history_len(cfg: &KtConfig, learner: u64) -> Result<usize> {
+    start(cfg, learner).map(|s| s.len)
+}
+
 /// Simulates learner `learner` and appends its rows to `out`; returns the
 /// number of rows appended.
 ///
 /// # Errors
 /// [`Error::Invalid`] when the learner's user id would not fit an `i32`.
 pub fn simulate_learner(cfg: &KtConfig, content: &Content, learner: u64, out: &mut KtRows) -> Result<usize> {
-    let (user, mut rng) = user_id(cfg.seed, learner)?;
-    let theta = rng.normal();
-    let offsets: Vec<f64> = (0..cfg.n_tags).map(|_| cfg.offset_sd * rng.normal()).collect();
+    let Start { user, mut rng, theta, offsets, len } = start(cfg, learner)?;
     let mut know = Knowledge {
         level: vec![0.0; cfg.n_tags],
         updated: vec![0; cfg.n_tags],
         tau_ms: cfg.forget_days * DAY_MS,
         k_max: cfg.knowledge_max,
     };
-    let len = (cfg.len_median.ln() + cfg.len_sigma * rng.normal()).exp().round();
-    let len = len.clamp(1.0, cfg.max_len as f64) as usize;
     let start = out.len();
     let (mut t, mut container, mut bundles_done) = (0i64, 0i32, 0u32);
     // (mean answer time ms, explained) of the previous bundle.
@@ -292,6 +317,17 @@ mod tests {
                 assert!(rows.user_id[i] > rows.user_id[i - 1]);
                 assert_eq!((rows.timestamp[i], rows.task_container_id[i]), (0, 0));
             }
+        }
+    }
+
+    #[test]
+    fn history_len_is_what_the_simulation_fills() {
+        let (cfg, content) = setup();
+        for learner in 0..40 {
+            let mut rows = KtRows::default();
+            let n = simulate_learner(&cfg, &content, learner, &mut rows).unwrap();
+            let len = history_len(&cfg, learner).unwrap();
+            assert!((len..=len + 4).contains(&n), "learner {learner}: {n} rows for length {len}");
         }
     }
 

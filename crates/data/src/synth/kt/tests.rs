@@ -11,9 +11,11 @@ use super::riiid_parquet::riiid_schema;
 use super::*;
 use crate::io::scratch_dir;
 
+/// The default bank and learner model with 2000 learners (about 473,000
+/// rows), a tenth of the default size: enough for the statistical checks.
 fn default_data() -> &'static KtData {
     static DATA: OnceLock<KtData> = OnceLock::new();
-    DATA.get_or_init(|| KtConfig::default().generate().unwrap())
+    DATA.get_or_init(|| KtConfig { n_learners: 2000, ..KtConfig::default() }.generate().unwrap())
 }
 
 fn small(seed: u64) -> KtConfig {
@@ -182,6 +184,22 @@ fn parquet_has_the_schema_and_exactly_the_rows() {
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> &'a T {
     let i = batch.schema().index_of(name).unwrap();
     batch.column(i).as_any().downcast_ref::<T>().unwrap()
+}
+
+/// The default dataset (`seqrec data synth kt`) has at least 5 million
+/// rows; the drawn history lengths, a lower bound on the rows, show it
+/// without simulating anyone.
+#[test]
+fn default_size_is_at_least_five_million_rows() {
+    use rayon::prelude::*;
+    let cfg = KtConfig::default();
+    let lens: Vec<usize> = (0..cfg.n_learners as u64).into_par_iter().map(|l| history_len(&cfg, l).unwrap()).collect();
+    let rows: usize = lens.iter().sum();
+    assert!(rows >= 5_000_000, "{} learners draw {rows} rows", cfg.n_learners);
+    eprintln!("default: {} learners, at least {rows} rows", cfg.n_learners);
+    // 2000 learners (the statistical tests' size) draw about a tenth of it.
+    let tenth: usize = lens[..2000].iter().sum();
+    assert!((400_000..600_000).contains(&tenth), "{tenth}");
 }
 
 #[test]

@@ -1,0 +1,892 @@
+//! Knowledge tracing: the per-question difficulty baseline, NCF and RRNCF,
+//! trained on every answered question of the training part and scored by
+//! AUC, log-loss and accuracy on the validation and test parts.
+//!
+//! Histories are read whole: each learner's events are cut into consecutive
+//! chunks of `len` events (truncated BPTT, the recurrent state carried
+//! over), so every training question is a target and every earlier event is
+//! context; `fraction_used` in the results counts the answered questions of
+//! each part that were scored (always 1 unless something is wrong, which is
+//! then an error). Evaluation reads each learner's history to its last
+//! validation or test event in one pass; a test question sees every earlier
+//! answer (training and validation parts included), never its own bundle's.
+//!
+//! With `truth` naming the generator's `truth.csv` (`seqrec data synth kt`),
+//! the oracle's AUC is computed on exactly the scored test questions.
+//!
+//! ```toml
+//! model = "rrncf"        # question-mean | ncf | rrncf
+//! head = "neumf"         # neumf | gmf | mlp
+//! hidden = 128           # LSTM width
+//! truth = "target/synth/kt/truth.csv"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow_array::{Array, ListArray, RecordBatch, UInt32Array};
+use candle_core::{Device, Tensor};
+use seqrec_data::batch::{Chunks, ChunksConfig, Targets};
+use seqrec_data::dataset::Dataset;
+use seqrec_data::rng::Rng;
+use seqrec_data::split::Part;
+use seqrec_data::table::KIND_LECTURE;
+use seqrec_data::vocab::Vocab;
+use seqrec_data::SequenceStore;
+use seqrec_eval::{ClassificationAccumulator, ClassificationMetrics};
+use seqrec_models::kt::{probabilities, KtBatch, KtHead, KtModel, KtShape, KtSource, KtState, KtTags};
+use seqrec_models::optim::{Optimizer, OptimizerKind};
+use serde::{Deserialize, Serialize};
+
+use crate::config::parse_checked;
+use crate::error::{Result, TrainError};
+use crate::next_item::clip_gradients;
+use crate::progress::Progress;
+use crate::run::{RunDir, RunInfo};
+
+/// The knowledge-tracing models `seqrec train` knows.
+pub const KT_MODELS: [&str; 3] = ["question-mean", "ncf", "rrncf"];
+
+/// Every setting of a knowledge-tracing run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KtConfig {
+    /// `question-mean`, `ncf` or `rrncf`.
+    pub model: String,
+    /// `neumf`, `gmf` or `mlp`.
+    pub head: String,
+    /// GMF and MLP embedding width.
+    pub embedding: usize,
+    /// MLP tower widths.
+    pub mlp: Vec<usize>,
+    /// RRNCF: LSTM width.
+    pub hidden: usize,
+    /// RRNCF: question embedding width in the LSTM input.
+    pub input_embedding: usize,
+    /// RRNCF: tag embedding width in the LSTM input.
+    pub tag_embedding: usize,
+    /// RRNCF: add a learner-id embedding to the history's learner vector.
+    pub learner_embedding: bool,
+    /// Drop probability on learner vectors and the MLP.
+    pub dropout: f32,
+    /// Events per chunk (the truncation length of BPTT).
+    pub len: usize,
+    /// Learners per training batch (lanes).
+    pub batch_size: usize,
+    /// Learners per evaluation batch.
+    pub eval_batch_size: usize,
+    /// `adam` or `adamw`.
+    pub optimizer: OptimizerKind,
+    /// Step size.
+    pub learning_rate: f32,
+    /// Decoupled weight decay (adamw).
+    pub weight_decay: f32,
+    /// Gradient clipping by global norm (0: off).
+    pub clip_norm: f64,
+    /// Most epochs.
+    pub n_epochs: usize,
+    /// Stop after this many epochs without a better validation AUC (0: never).
+    pub patience: usize,
+    /// The generator's `truth.csv`, for the oracle's AUC on the same events.
+    pub truth: Option<PathBuf>,
+    /// Seed of initialisation, order and dropout.
+    pub seed: u64,
+}
+
+impl Default for KtConfig {
+    fn default() -> Self {
+        KtConfig {
+            model: "rrncf".into(),
+            head: "neumf".into(),
+            embedding: 32,
+            mlp: vec![64, 32],
+            hidden: 128,
+            input_embedding: 32,
+            tag_embedding: 16,
+            learner_embedding: false,
+            dropout: 0.0,
+            len: 100,
+            batch_size: 128,
+            eval_batch_size: 512,
+            optimizer: OptimizerKind::Adam,
+            learning_rate: 0.002,
+            weight_decay: 0.0,
+            clip_norm: 5.0,
+            n_epochs: 10,
+            patience: 2,
+            truth: None,
+            seed: 42,
+        }
+    }
+}
+
+impl KtConfig {
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] when unreadable; [`TrainError::Config`] naming the
+    /// file and the key (with line and column for parse and type errors).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and checks config text; `path` names it in errors.
+    ///
+    /// # Errors
+    /// As [`KtConfig::load`].
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        parse_checked(text, path, Self::check)
+    }
+
+    /// Checks every value; the error names the key and what was expected.
+    ///
+    /// # Errors
+    /// The first bad key, as a message.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !KT_MODELS.contains(&self.model.as_str()) {
+            return Err(format!("key `model`: unknown model `{}`, expected one of {KT_MODELS:?}", self.model));
+        }
+        if KtHead::parse(&self.head).is_none() {
+            return Err(format!("key `head`: unknown `{}`, expected `neumf`, `gmf` or `mlp`", self.head));
+        }
+        for (key, v) in [("len", self.len), ("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)]
+        {
+            if v == 0 {
+                return Err(format!("key `{key}`: found 0, expected a positive number"));
+            }
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
+            return Err(format!("key `clip_norm`: found {}, expected a number >= 0 (0: off)", self.clip_norm));
+        }
+        if !matches!(self.optimizer, OptimizerKind::Adam | OptimizerKind::AdamW) {
+            return Err("key `optimizer`: expected `adam` or `adamw`".into());
+        }
+        Optimizer::new(self.optimizer, self.learning_rate, 0.0)
+            .and_then(|o| o.with_weight_decay(self.weight_decay))
+            .map_err(|e| e.to_string())?;
+        if self.model != "question-mean" {
+            self.shape(&KtInputs::placeholder()).check().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The model's settings for a dataset's sizes.
+    pub fn shape(&self, inputs: &KtInputs) -> KtShape {
+        KtShape {
+            n_questions: inputs.n_questions,
+            n_tags: inputs.tags.n_tags,
+            max_tags: inputs.tags.max_tags,
+            n_learners: inputs.n_learners,
+            embedding: self.embedding,
+            head: KtHead::parse(&self.head).unwrap_or(KtHead::NeuMf),
+            mlp: self.mlp.clone(),
+            history: self.model == "rrncf",
+            hidden: self.hidden,
+            input_embedding: self.input_embedding,
+            tag_embedding: self.tag_embedding,
+            learner_embedding: self.learner_embedding,
+            dropout: self.dropout,
+        }
+    }
+
+    /// The config as TOML (written into the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// What the models read besides the events: vocabulary sizes and the tag table.
+#[derive(Debug, Clone)]
+pub struct KtInputs {
+    /// Question ids, padding included.
+    pub n_questions: usize,
+    /// Learner ids, padding included.
+    pub n_learners: usize,
+    /// Tags of every question and lecture.
+    pub tags: KtTags,
+    /// Questions the interactions use that have no tags.
+    pub questions_without_tags: usize,
+}
+
+impl KtInputs {
+    fn placeholder() -> Self {
+        KtInputs {
+            n_questions: 2,
+            n_learners: 2,
+            tags: KtTags { max_tags: 1, n_tags: 2, question: vec![0; 2], lecture: vec![0] },
+            questions_without_tags: 0,
+        }
+    }
+
+    /// Reads the vocabularies and the questions' and lectures' tags of a
+    /// prepared dataset (its `questions` table's `tags` list and its
+    /// `lectures` table's `tag`, merged into one tag vocabulary by raw value).
+    ///
+    /// # Errors
+    /// A dataset without questions, unreadable side tables.
+    pub fn of(data: &Dataset) -> Result<Self> {
+        let n_questions = data
+            .vocabs
+            .get("item")
+            .ok_or_else(|| TrainError::Invalid(format!("{}: the dataset has no item vocabulary", data.dir.display())))?
+            .n_ids();
+        let n_lectures = data.vocabs.get("lecture").map_or(1, Vocab::n_ids);
+        let n_learners = data.vocabs.get("seq").map_or(1, Vocab::n_ids);
+        let mut merged: BTreeMap<String, u32> = BTreeMap::new();
+        let mut unify = |vocab: Option<&Vocab>, id: u32| -> u32 {
+            let Some(raw) = vocab.and_then(|v| v.raw(id)) else { return 0 };
+            let next = merged.len() as u32 + 1;
+            *merged.entry(raw).or_insert(next)
+        };
+        let mut question = vec![Vec::new(); n_questions];
+        if let Some(t) = side_table(data, "questions")? {
+            let vocab = data.vocabs.get("questions.tags");
+            if let Some(col) = t.column_by_name("tags").and_then(|c| c.as_any().downcast_ref::<ListArray>()) {
+                for r in 0..col.len().min(n_questions.saturating_sub(1)) {
+                    if col.is_valid(r) {
+                        let v = col.value(r);
+                        let ids = v.as_any().downcast_ref::<UInt32Array>().ok_or_else(|| {
+                            TrainError::Invalid("questions table: `tags` does not hold encoded tag ids".into())
+                        })?;
+                        question[r + 1] = ids.values().iter().filter(|&&g| g != 0).map(|&g| unify(vocab, g)).collect();
+                    }
+                }
+            }
+        }
+        let mut lecture = vec![Vec::new(); n_lectures];
+        if let Some(t) = side_table(data, "lectures")? {
+            let vocab = data.vocabs.get("lectures.tag");
+            if let Some(col) = t.column_by_name("tag").and_then(|c| c.as_any().downcast_ref::<UInt32Array>()) {
+                for r in 0..col.len().min(n_lectures.saturating_sub(1)) {
+                    if col.is_valid(r) && col.value(r) != 0 {
+                        lecture[r + 1] = vec![unify(vocab, col.value(r))];
+                    }
+                }
+            }
+        }
+        let questions_without_tags = question.iter().skip(1).filter(|t| t.is_empty()).count();
+        let tags = KtTags::new(&question, &lecture, merged.len() + 1)?;
+        Ok(KtInputs { n_questions, n_learners, tags, questions_without_tags })
+    }
+}
+
+fn side_table(data: &Dataset, name: &str) -> Result<Option<RecordBatch>> {
+    match data.meta.side_tables.get(name) {
+        Some(file) => Ok(Some(seqrec_data::persist::read_parquet(&data.dir.join(file))?)),
+        None => Ok(None),
+    }
+}
+
+/// Opens a prepared dataset's metadata and vocabularies without its events
+/// (for streaming its event files one at a time).
+///
+/// # Errors
+/// Missing or malformed files, each named.
+pub fn open_without_events(dir: &Path) -> Result<Dataset> {
+    let meta = seqrec_data::dataset::DatasetMeta::read(dir)?;
+    let mut vocabs = BTreeMap::new();
+    for name in meta.vocab_sizes.keys() {
+        let v = seqrec_data::persist::read_vocab(&dir.join("vocab").join(format!("{name}.parquet")))?;
+        vocabs.insert(name.clone(), v);
+    }
+    Ok(Dataset { dir: dir.to_path_buf(), meta, events: Default::default(), vocabs })
+}
+
+fn is_answer(store: &SequenceStore, e: usize) -> bool {
+    let lecture = store.kinds.as_deref().is_some_and(|k| k[e] == KIND_LECTURE);
+    let label = store.labels.as_deref().map_or(-1, |l| l[e]);
+    !lecture && (label == 0 || label == 1)
+}
+
+/// One training epoch's numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// Mean loss over steps.
+    pub loss: f64,
+    /// Answers trained on.
+    pub targets: usize,
+    /// Events read (questions and lectures, context included).
+    pub events: usize,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// The learners of an epoch: shuffled, then longest first by powers of two
+/// of their length (stable, so learners of similar length stay shuffled).
+/// A lane keeps its learner to the end, so a 20,000-event history started
+/// late would leave the epoch's last hundreds of steps to a handful of lanes
+/// of the same few learners (the model then drifts towards them: validation
+/// AUC jumped by ±0.04 between epochs before this order).
+fn epoch_order(store: &SequenceStore, mut rng: Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..store.n_seq()).collect();
+    rng.shuffle(&mut order);
+    order.sort_by_key(|&s| std::cmp::Reverse(usize::BITS - store.len_of(s).leading_zeros()));
+    order
+}
+
+/// A model with its optimiser, trainable shard by shard.
+#[derive(Debug)]
+pub struct KtTrainer {
+    cfg: KtConfig,
+    model: KtModel,
+    opt: Optimizer,
+    names: Vec<String>,
+    steps: u64,
+}
+
+impl KtTrainer {
+    /// A fresh model for `inputs`.
+    ///
+    /// # Errors
+    /// Bad settings or a failing op.
+    pub fn new(cfg: &KtConfig, inputs: &KtInputs, dev: &Device) -> Result<Self> {
+        cfg.check().map_err(|m| TrainError::Invalid(format!("config: {m}")))?;
+        let model = KtModel::new(&cfg.shape(inputs), cfg.seed, dev)?;
+        let opt = Optimizer::new(cfg.optimizer, cfg.learning_rate, 0.0)?.with_weight_decay(cfg.weight_decay)?;
+        let names = model.params().vars().keys().cloned().collect();
+        Ok(KtTrainer { cfg: cfg.clone(), model, opt, names, steps: 0 })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &KtModel {
+        &self.model
+    }
+
+    /// The model, mutable.
+    pub fn model_mut(&mut self) -> &mut KtModel {
+        &mut self.model
+    }
+
+    /// Number of trainable values.
+    pub fn parameters(&self) -> usize {
+        self.model.params().vars().values().map(|v| v.elem_count()).sum()
+    }
+
+    /// One pass over the training answers of `store` (learners in a seeded
+    /// random order); `shard` varies the order between calls of one epoch.
+    ///
+    /// # Errors
+    /// A malformed store or a loss that is not finite.
+    pub fn train_epoch(
+        &mut self,
+        store: &SequenceStore,
+        parts: &[Part],
+        tags: &KtTags,
+        epoch: usize,
+        shard: usize,
+        progress: &mut Progress,
+    ) -> Result<EpochStats> {
+        let t = Instant::now();
+        let src = KtSource::new(store, tags)?;
+        let order = epoch_order(store, Rng::fork(self.cfg.seed ^ 0x0004_7EA1, (epoch as u64) << 20 | shard as u64));
+        let select = [Part::Train];
+        let cc = ChunksConfig { len: self.cfg.len, batch_size: self.cfg.batch_size };
+        let mut chunks = Chunks::new(store, order, Targets::of(parts, &select), &cc)?;
+        let (mut state, mut batch) = (KtState::new(), KtBatch::default());
+        let mut stats = EpochStats::default();
+        let mut loss_sum = 0f64;
+        let mut n_steps = 0usize;
+        let train = |e: usize| parts[e] == Part::Train;
+        while let Some(step) = chunks.next_step() {
+            src.fill(step, &train, &mut batch);
+            let events: usize = step.valid.iter().sum();
+            let mut rng = Rng::fork(self.cfg.seed ^ 0x000D_70F0, self.steps);
+            let logits = self.model.forward(&batch, &mut state, Some(&mut rng))?;
+            let (loss, n) = self.model.loss(&logits, &batch)?;
+            stats.events += events;
+            if n == 0 {
+                continue;
+            }
+            let l = loss.to_scalar::<f32>()?;
+            if !l.is_finite() {
+                return Err(TrainError::Invalid(format!(
+                    "epoch {epoch}: the loss became {l} (try a lower learning_rate or set clip_norm)"
+                )));
+            }
+            let grads = loss.backward()?;
+            let vars = self.model.params().vars();
+            let mut named: Vec<(String, Tensor)> = Vec::with_capacity(self.names.len());
+            for name in &self.names {
+                if let Some(g) = grads.get(vars[name].as_tensor()) {
+                    named.push((name.clone(), g.clone()));
+                }
+            }
+            if self.cfg.clip_norm > 0.0 {
+                clip_gradients(&mut named, self.cfg.clip_norm)?;
+            }
+            self.opt.begin_step();
+            for (name, g) in &named {
+                self.opt.dense(name, vars[name].as_tensor(), g)?;
+            }
+            self.steps += 1;
+            n_steps += 1;
+            loss_sum += f64::from(l);
+            stats.targets += n;
+            progress.add(n);
+        }
+        stats.loss = loss_sum / n_steps.max(1) as f64;
+        stats.seconds = t.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    /// The probability of a correct answer for every answer in the `select`
+    /// parts (NaN elsewhere), each learner read once up to its last such event.
+    ///
+    /// # Errors
+    /// A malformed store or a failing op.
+    pub fn score(&self, store: &SequenceStore, parts: &[Part], select: &[Part], tags: &KtTags) -> Result<Vec<f32>> {
+        let src = KtSource::new(store, tags)?;
+        let order: Vec<usize> = (0..store.n_seq()).collect();
+        let cc = ChunksConfig { len: self.cfg.len, batch_size: self.cfg.eval_batch_size };
+        let mut chunks = Chunks::new(store, order, Targets::of(parts, select), &cc)?;
+        let (mut state, mut batch) = (KtState::new(), KtBatch::default());
+        let mut out = vec![f32::NAN; store.n_events()];
+        let wanted = |e: usize| select.contains(&parts[e]);
+        while let Some(step) = chunks.next_step() {
+            src.fill(step, &wanted, &mut batch);
+            let p = probabilities(&self.model.forward(&batch, &mut state, None)?)?;
+            let len = batch.len;
+            for r in 0..batch.rows {
+                for q in 0..step.valid[r] {
+                    if batch.target[r * len + q] > 0.0 {
+                        out[step.start[r] + q] = p[r * len + q];
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Metrics of one part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KtPartMetrics {
+    /// AUC, log-loss, accuracy and counts.
+    pub metrics: ClassificationMetrics,
+    /// Answers of the part that were scored / answers of the part.
+    pub fraction_used: f64,
+}
+
+/// Predictions of one part gathered shard by shard.
+#[derive(Debug, Default)]
+struct PartAcc {
+    acc: ClassificationAccumulator,
+    total: usize,
+}
+
+impl PartAcc {
+    /// Adds the answers of `part` in one shard (`probs` NaN = not scored).
+    fn add(&mut self, store: &SequenceStore, parts: &[Part], part: Part, probs: &[f32]) {
+        let labels = store.labels.as_deref().unwrap_or(&[]);
+        for e in 0..store.n_events() {
+            if parts[e] == part && is_answer(store, e) {
+                self.total += 1;
+                if !probs[e].is_nan() {
+                    self.acc.add(f64::from(probs[e]), labels[e] == 1);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) -> Option<KtPartMetrics> {
+        (self.total > 0).then(|| KtPartMetrics {
+            fraction_used: self.acc.len() as f64 / self.total as f64,
+            metrics: self.acc.finish(),
+        })
+    }
+}
+
+/// Each question's correct and total answers in the training part: the
+/// per-question difficulty baseline (its mean correctness; the overall mean
+/// for questions never answered in training).
+#[derive(Debug, Clone)]
+struct QuestionMean {
+    correct: Vec<u64>,
+    answered: Vec<u64>,
+}
+
+impl QuestionMean {
+    fn new(n_questions: usize) -> Self {
+        QuestionMean { correct: vec![0; n_questions], answered: vec![0; n_questions] }
+    }
+
+    fn fit(&mut self, store: &SequenceStore, parts: &[Part]) {
+        let labels = store.labels.as_deref().unwrap_or(&[]);
+        for e in 0..store.n_events() {
+            let q = store.items[e] as usize;
+            if parts[e] == Part::Train && is_answer(store, e) && q < self.answered.len() {
+                self.correct[q] += u64::from(labels[e] == 1);
+                self.answered[q] += 1;
+            }
+        }
+    }
+
+    /// The baseline at every answer of the `select` parts, NaN elsewhere.
+    fn predict(&self, store: &SequenceStore, parts: &[Part], select: &[Part]) -> Vec<f32> {
+        let global = self.correct.iter().sum::<u64>() as f64 / self.answered.iter().sum::<u64>().max(1) as f64;
+        (0..store.n_events())
+            .map(|e| {
+                if !(select.contains(&parts[e]) && is_answer(store, e)) {
+                    return f32::NAN;
+                }
+                match store.items[e] as usize {
+                    q if q < self.answered.len() && self.answered[q] > 0 => {
+                        (self.correct[q] as f64 / self.answered[q] as f64) as f32
+                    }
+                    _ => global as f32,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The generator's `P(correct)` of every question row, in row order
+/// (`truth.csv` of `seqrec data synth kt`).
+///
+/// # Errors
+/// An unreadable or malformed file, naming the line.
+pub fn read_truth(path: &Path) -> Result<Vec<f32>> {
+    let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, h)) if h.trim() == "row_id,p_correct" => {}
+        other => {
+            return Err(TrainError::Invalid(format!(
+                "{}:1: expected the header `row_id,p_correct`, found `{}`",
+                path.display(),
+                other.map_or("", |(_, h)| h)
+            )))
+        }
+    }
+    let mut p = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = line.split(',').nth(1).and_then(|s| s.trim().parse::<f32>().ok()).ok_or_else(|| {
+            TrainError::Invalid(format!("{}:{}: expected `row_id,p_correct`, found `{line}`", path.display(), i + 1))
+        })?;
+        p.push(v);
+    }
+    Ok(p)
+}
+
+fn is_lecture(store: &SequenceStore, e: usize) -> bool {
+    store.kinds.as_deref().is_some_and(|k| k[e] == KIND_LECTURE)
+}
+
+/// Extra options of a run.
+#[derive(Debug, Clone)]
+pub struct KtOptions {
+    /// Device.
+    pub device: Device,
+    /// Draw a progress bar.
+    pub progress: bool,
+    /// Read the event files one at a time (memory bounded by the largest
+    /// file) instead of the dataset's events held in memory.
+    pub stream: bool,
+}
+
+impl Default for KtOptions {
+    fn default() -> Self {
+        KtOptions { device: Device::Cpu, progress: false, stream: false }
+    }
+}
+
+/// The events of a run: all in memory, or the event files one at a time
+/// (a learner never spans two files, so each file is a whole shard).
+enum Shards<'a> {
+    Memory(&'a Dataset),
+    Files(&'a Dataset),
+}
+
+impl Shards<'_> {
+    fn for_each(&self, mut f: impl FnMut(usize, &SequenceStore, &[Part]) -> Result<()>) -> Result<()> {
+        match self {
+            Shards::Memory(d) => f(0, &d.events.store, &d.events.parts),
+            Shards::Files(d) => {
+                for (i, file) in d.meta.event_files.iter().enumerate() {
+                    let ev = seqrec_data::persist::read_events(&d.dir, std::slice::from_ref(file))?;
+                    f(i, &ev.store, &ev.parts)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KtEpoch {
+    epoch: usize,
+    #[serde(flatten)]
+    stats: EpochStats,
+    valid_auc: Option<f64>,
+    valid_log_loss: Option<f64>,
+    valid_seconds: f64,
+}
+
+/// What a run produced (`results.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtOutcome {
+    /// Model name.
+    pub model: String,
+    /// NCF head.
+    pub head: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// The dataset's split report.
+    pub split: serde_json::Value,
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Epoch whose weights were kept.
+    pub best_epoch: usize,
+    /// Validation metrics of the kept weights.
+    pub valid: Option<KtPartMetrics>,
+    /// Test metrics of the kept weights.
+    pub test: Option<KtPartMetrics>,
+    /// The per-question difficulty baseline on the same test answers.
+    pub question_mean_test: Option<KtPartMetrics>,
+    /// The generator's AUC on the scored test answers (when `truth` is set).
+    pub oracle_test_auc: Option<f64>,
+    /// The generator's log-loss on the scored test answers.
+    pub oracle_test_log_loss: Option<f64>,
+    /// Training answers used / training answers (last epoch).
+    pub fraction_used_train: f64,
+    /// Events (context included) read per second of training.
+    pub events_per_s: f64,
+    /// Mean seconds per training epoch.
+    pub seconds_per_epoch: f64,
+    /// Seconds of the final validation + test scoring pass.
+    pub eval_seconds: f64,
+    /// Events in the dataset.
+    pub events: usize,
+    /// Questions the interactions use that have no tags.
+    pub questions_without_tags: usize,
+    /// Trainable values.
+    pub parameters: usize,
+}
+
+/// Validation and test metrics of the model (or of the baseline when
+/// `trainer` is `None`), the baseline's and the oracle's test metrics.
+struct Evaluation {
+    valid: PartAcc,
+    test: PartAcc,
+    baseline_test: PartAcc,
+    oracle_test: PartAcc,
+}
+
+fn evaluate(
+    trainer: Option<&KtTrainer>,
+    shards: &Shards<'_>,
+    select: &[Part],
+    tags: &KtTags,
+    baseline: &QuestionMean,
+    truth: Option<&[f32]>,
+) -> Result<Evaluation> {
+    let mut ev = Evaluation {
+        valid: PartAcc::default(),
+        test: PartAcc::default(),
+        baseline_test: PartAcc::default(),
+        oracle_test: PartAcc::default(),
+    };
+    let mut question_row = 0usize;
+    shards.for_each(|_, store, parts| {
+        let base = baseline.predict(store, parts, select);
+        let probs = match trainer {
+            Some(t) => t.score(store, parts, select, tags)?,
+            None => base.clone(),
+        };
+        if select.contains(&Part::Valid) {
+            ev.valid.add(store, parts, Part::Valid, &probs);
+        }
+        if select.contains(&Part::Test) {
+            ev.test.add(store, parts, Part::Test, &probs);
+            ev.baseline_test.add(store, parts, Part::Test, &base);
+            if let Some(truth) = truth {
+                // The oracle on exactly the answers the model was scored on.
+                let mut oracle = vec![f32::NAN; store.n_events()];
+                for e in 0..store.n_events() {
+                    if !is_lecture(store, e) {
+                        if !probs[e].is_nan() {
+                            oracle[e] = truth.get(question_row).copied().unwrap_or(f32::NAN);
+                        }
+                        question_row += 1;
+                    }
+                }
+                ev.oracle_test.add(store, parts, Part::Test, &oracle);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(ev)
+}
+
+/// Trains the configured model on `data` into `run`, keeps the weights of
+/// the best validation AUC and scores them on the test part.
+///
+/// With [`KtOptions::stream`], `data` may be opened without its events
+/// ([`open_without_events`]): every pass reads the event files one at a time.
+///
+/// # Errors
+/// Bad settings, a dataset without labels, a `truth` file that does not
+/// align with the dataset, I/O, model errors.
+pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) -> Result<KtOutcome> {
+    cfg.check().map_err(|m| TrainError::Invalid(format!("config: {m}")))?;
+    seqrec_models::gru4rec::pin_thread_count();
+    let shards = if opts.stream { Shards::Files(data) } else { Shards::Memory(data) };
+    let inputs = KtInputs::of(data)?;
+    if inputs.questions_without_tags > 0 {
+        tracing::warn!("{} questions have no tags: their tag input is empty", inputs.questions_without_tags);
+    }
+    // One pass for the counts, the baseline and the checks.
+    let mut baseline = QuestionMean::new(inputs.n_questions);
+    let (mut events, mut questions, mut train_answers, mut has_valid) = (0usize, 0usize, 0usize, false);
+    shards.for_each(|_, store, parts| {
+        if store.labels.is_none() {
+            return Err(TrainError::Invalid(format!(
+                "{}: the dataset has no answered-correctly labels (map a `label` column in its recipe)",
+                data.dir.display()
+            )));
+        }
+        baseline.fit(store, parts);
+        events += store.n_events();
+        questions += (0..store.n_events()).filter(|&e| !is_lecture(store, e)).count();
+        train_answers += (0..store.n_events()).filter(|&e| parts[e] == Part::Train && is_answer(store, e)).count();
+        has_valid |= parts.contains(&Part::Valid);
+        Ok(())
+    })?;
+    if train_answers == 0 {
+        return Err(TrainError::Invalid(format!("{}: no answered questions in the training part", data.dir.display())));
+    }
+    let truth = match &cfg.truth {
+        Some(path) => {
+            let t = read_truth(path)?;
+            if data.meta.rows_read != events || t.len() != questions {
+                return Err(TrainError::Invalid(format!(
+                    "{}: {} question rows do not align with the dataset's {questions} questions ({} rows read, {events} \
+                     kept): the oracle needs the unfiltered dataset generated with this truth",
+                    path.display(),
+                    t.len(),
+                    data.meta.rows_read,
+                )));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    run.write_json(
+        "run.json",
+        &RunInfo {
+            model: cfg.model.clone(),
+            dataset: data.dir.clone(),
+            dataset_name: data.meta.name.clone(),
+            input_hash: data.meta.input_hash.clone(),
+            n_ids: inputs.n_questions,
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+    )?;
+    run.write_text("config.toml", &cfg.to_toml())?;
+    run.truncate_metrics(0)?;
+    let (mut epochs, mut best_epoch, mut seconds, mut read, mut used) = (0, 0, 0f64, 0usize, train_answers);
+    let mut trainer = None;
+    if cfg.model != "question-mean" {
+        let mut tr = KtTrainer::new(cfg, &inputs, &opts.device)?;
+        let mut best: Option<f64> = None;
+        let mut bad = 0usize;
+        for epoch in 1..=cfg.n_epochs {
+            let mut progress = Progress::new(format!("epoch {epoch}"), train_answers, opts.progress);
+            let mut stats = EpochStats::default();
+            let mut loss_weighted = 0f64;
+            shards.for_each(|shard, store, parts| {
+                let s = tr.train_epoch(store, parts, &inputs.tags, epoch, shard, &mut progress)?;
+                loss_weighted += s.loss * s.targets as f64;
+                stats.targets += s.targets;
+                stats.events += s.events;
+                stats.seconds += s.seconds;
+                Ok(())
+            })?;
+            progress.finish();
+            stats.loss = loss_weighted / stats.targets.max(1) as f64;
+            epochs = epoch;
+            seconds += stats.seconds;
+            read += stats.events;
+            used = stats.targets;
+            let t = Instant::now();
+            let valid = if has_valid {
+                evaluate(Some(&tr), &shards, &[Part::Valid], &inputs.tags, &baseline, None)?.valid.finish()
+            } else {
+                None
+            };
+            let valid_auc = valid.as_ref().and_then(|v| v.metrics.auc);
+            let line = KtEpoch {
+                epoch,
+                stats,
+                valid_auc,
+                valid_log_loss: valid.as_ref().and_then(|v| v.metrics.log_loss),
+                valid_seconds: t.elapsed().as_secs_f64(),
+            };
+            tracing::info!(
+                "{} epoch {epoch}: loss {:.4}, {:.1} s ({:.0} events/s){}",
+                cfg.model,
+                stats.loss,
+                stats.seconds,
+                stats.events as f64 / stats.seconds.max(1e-9),
+                valid_auc.map(|a| format!(", valid AUC {a:.4}")).unwrap_or_default()
+            );
+            run.append_metrics(&serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?)?;
+            let improved = match (valid_auc, best) {
+                (None, _) => true,
+                (Some(v), None) => v.is_finite(),
+                (Some(v), Some(b)) => v > b,
+            };
+            if improved {
+                best = valid_auc.or(best);
+                best_epoch = epoch;
+                bad = 0;
+                run.save_tensors("best.safetensors", &tr.model().params().named_tensors())?;
+            } else {
+                bad += 1;
+                if cfg.patience > 0 && bad >= cfg.patience {
+                    tracing::info!("early stopping after epoch {epoch}: no better validation AUC in {bad} epochs");
+                    break;
+                }
+            }
+        }
+        let kept = run.load_tensors("best.safetensors", &opts.device)?;
+        tr.model_mut().params_mut().load(&kept)?;
+        trainer = Some(tr);
+    }
+    let t = Instant::now();
+    let ev =
+        evaluate(trainer.as_ref(), &shards, &[Part::Valid, Part::Test], &inputs.tags, &baseline, truth.as_deref())?;
+    let eval_seconds = t.elapsed().as_secs_f64();
+    let oracle = ev.oracle_test.finish();
+    let outcome = KtOutcome {
+        model: cfg.model.clone(),
+        head: cfg.head.clone(),
+        dataset: data.meta.name.clone(),
+        split: data.meta.split.clone(),
+        run_dir: run.dir.clone(),
+        epochs,
+        best_epoch,
+        valid: ev.valid.finish(),
+        test: ev.test.finish(),
+        question_mean_test: ev.baseline_test.finish(),
+        oracle_test_auc: oracle.as_ref().and_then(|o| o.metrics.auc),
+        oracle_test_log_loss: oracle.as_ref().and_then(|o| o.metrics.log_loss),
+        fraction_used_train: used as f64 / train_answers as f64,
+        events_per_s: read as f64 / seconds.max(1e-9),
+        seconds_per_epoch: seconds / epochs.max(1) as f64,
+        eval_seconds,
+        events,
+        questions_without_tags: inputs.questions_without_tags,
+        parameters: trainer.as_ref().map_or(0, KtTrainer::parameters),
+    };
+    run.write_json("results.json", &outcome)?;
+    Ok(outcome)
+}
