@@ -52,6 +52,10 @@ pub struct KtArgs {
         default_value = "configs/question-mean-synth-kt.toml,configs/ncf-synth-kt.toml,configs/rrncf-synth-kt.toml"
     )]
     configs: Vec<PathBuf>,
+    /// Recipes of the synthetic set, each with its own split (e.g. also
+    /// `datasets/synth-kt-by-learner.toml`).
+    #[arg(long, value_delimiter = ',', default_value = "datasets/synth-kt.toml")]
+    recipes: Vec<PathBuf>,
     /// Override every config's `n_epochs`.
     #[arg(long)]
     epochs: Option<usize>,
@@ -604,6 +608,7 @@ fn kt_config(a: &KtArgs, path: &Path, epochs: Option<usize>, truth: Option<&Path
             }
             None => {
                 extra.insert("patience".into(), toml::Value::Integer(0));
+                extra.insert("validate_every".into(), toml::Value::Integer(0));
             }
         }
         Ok(extra)
@@ -653,28 +658,32 @@ fn kt(a: KtArgs) -> Result<()> {
         let data = gen.generate()?;
         data.write_riiid_csv(&raw)?;
     }
-    let recipe = seqrec_data::recipe::Recipe::load(Path::new("datasets/synth-kt.toml"))?.with_dir(raw.clone());
-    let prepared = a.work.join(format!("kt-synth-{}-seed{}-prepared", gen.n_learners, a.seed));
-    let meta = seqrec_data::prepare::prepare(&recipe, &prepared)?;
-    let dataset = format!("synth-kt ({} learners, {} events)", gen.n_learners, meta.counts.events);
     let epochs = if a.quick { Some(1) } else { a.epochs };
     let mut rows = Vec::new();
-    for path in &a.configs {
-        let model = seqrec_train::config::config_model(path)?;
-        let cfg = kt_config(&a, path, epochs, Some(&raw.join("truth.csv")), &model)?;
-        let run = a.work.join(format!("kt-run-{model}"));
-        let _ = std::fs::remove_dir_all(&run);
-        let v = child_json(&[
-            OsStr::new("train"),
-            OsStr::new("--config"),
-            cfg.as_os_str(),
-            OsStr::new("--data"),
-            prepared.as_os_str(),
-            OsStr::new("--run"),
-            run.as_os_str(),
-            OsStr::new("--json"),
-        ])?;
-        rows.push(kt_row(&v, &dataset, path, a.quick));
+    for recipe_path in &a.recipes {
+        let recipe = seqrec_data::recipe::Recipe::load(recipe_path)?.with_dir(raw.clone());
+        let prepared = a.work.join(format!("{}-{}-seed{}-prepared", recipe.name, gen.n_learners, a.seed));
+        let meta = seqrec_data::prepare::prepare(&recipe, &prepared)?;
+        let split = meta.split["kind"].as_str().unwrap_or("?").to_owned();
+        let dataset = format!("{} ({} learners, {} events, {split})", recipe.name, gen.n_learners, meta.counts.events);
+        for path in &a.configs {
+            let model = seqrec_train::config::config_model(path)?;
+            let tag = format!("{}-{model}", recipe.name);
+            let cfg = kt_config(&a, path, epochs, Some(&raw.join("truth.csv")), &tag)?;
+            let run = a.work.join(format!("kt-run-{tag}"));
+            let _ = std::fs::remove_dir_all(&run);
+            let v = child_json(&[
+                OsStr::new("train"),
+                OsStr::new("--config"),
+                cfg.as_os_str(),
+                OsStr::new("--data"),
+                prepared.as_os_str(),
+                OsStr::new("--run"),
+                run.as_os_str(),
+                OsStr::new("--json"),
+            ])?;
+            rows.push(kt_row(&v, &dataset, path, a.quick));
+        }
     }
     let rows_scale = if a.quick { 200_000 } else { a.rows };
     if rows_scale > 0 {
@@ -719,13 +728,13 @@ fn kt(a: KtArgs) -> Result<()> {
         rows.push(kt_row(&v, &format!("riiid-synthetic-{rows_scale} (streamed)"), &a.scale_config, a.quick));
     }
     println!(
-        "{:<14} {:<40} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
+        "{:<14} {:<64} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
         "model", "dataset", "AUC", "oracle", "ratio", "logloss", "events/s", "RSS MiB", "used", "epochs"
     );
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<14} {:<40} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
+            "{:<14} {:<64} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
             r["model"].as_str().unwrap_or(""),
             r["dataset"].as_str().unwrap_or(""),
             f("auc"),

@@ -14,6 +14,9 @@
 //!   softmax with logQ) and the trait of the window models: [`sasrec`]
 //!   (self-attention) and [`emb_gru`] (embedding → GRU → dense);
 //!   [`window_eval`]: their full-ranking (or loudly sampled) evaluation.
+//! - [`kt`]: knowledge tracing: NCF (GMF, MLP, NeuMF) and RRNCF (an LSTM over
+//!   the learner's whole history as NCF's learner vector), their chunk
+//!   batches with bundle-aware state picking.
 
 pub mod baseline;
 pub mod bst;

@@ -88,6 +88,9 @@ pub struct KtConfig {
     pub n_epochs: usize,
     /// Stop after this many epochs without a better validation AUC (0: never).
     pub patience: usize,
+    /// Score the validation part after every this many epochs (0: never;
+    /// the last epoch's weights are kept).
+    pub validate_every: usize,
     /// The generator's `truth.csv`, for the oracle's AUC on the same events.
     pub truth: Option<PathBuf>,
     /// Seed of initialisation, order and dropout.
@@ -115,6 +118,7 @@ impl Default for KtConfig {
             clip_norm: 5.0,
             n_epochs: 10,
             patience: 2,
+            validate_every: 1,
             truth: None,
             seed: 42,
         }
@@ -817,7 +821,8 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
             read += stats.events;
             used = stats.targets;
             let t = Instant::now();
-            let valid = if has_valid {
+            let validate = has_valid && cfg.validate_every > 0 && epoch % cfg.validate_every == 0;
+            let valid = if validate {
                 evaluate(Some(&tr), &shards, &[Part::Valid], &inputs.tags, &baseline, None)?.valid.finish()
             } else {
                 None
@@ -839,6 +844,9 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
                 valid_auc.map(|a| format!(", valid AUC {a:.4}")).unwrap_or_default()
             );
             run.append_metrics(&serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?)?;
+            if !validate && has_valid && cfg.validate_every > 0 {
+                continue;
+            }
             let improved = match (valid_auc, best) {
                 (None, _) => true,
                 (Some(v), None) => v.is_finite(),
@@ -889,4 +897,38 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
     };
     run.write_json("results.json", &outcome)?;
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use seqrec_data::store::Events;
+
+    use super::*;
+
+    #[test]
+    fn epochs_start_with_the_longest_learners() {
+        // Sequence lengths 1, 9, 3, 17, 2, 12 (ids 1..=6).
+        let lens = [1usize, 9, 3, 17, 2, 12];
+        let seq: Vec<u32> = lens.iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i as u32 + 1, n)).collect();
+        let n = seq.len();
+        let store = SequenceStore::from_events(Events {
+            seq,
+            items: vec![1; n],
+            times: (0..n as i64).collect(),
+            ..Events::default()
+        })
+        .unwrap();
+        for seed in 0..20 {
+            let order = epoch_order(&store, Rng::new(seed));
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..6).collect::<Vec<_>>(), "every learner once");
+            let bits: Vec<u32> = order.iter().map(|&s| usize::BITS - lens[s].leading_zeros()).collect();
+            assert!(bits.windows(2).all(|w| w[0] >= w[1]), "longest first by powers of two: {order:?}");
+            assert_eq!(order[0], 3, "the 17-event learner leads");
+        }
+        // Learners of one power of two are shuffled: 9 and 12 come in both orders.
+        let firsts: std::collections::BTreeSet<usize> = (0..20).map(|s| epoch_order(&store, Rng::new(s))[1]).collect();
+        assert_eq!(firsts, [1, 5].into_iter().collect());
+    }
 }

@@ -5,6 +5,10 @@
 //! - [`gru4rec`]: training (early stopping, best checkpoint, exact resume,
 //!   retraining a saved model on new sessions), evaluation and recommendation.
 //! - [`rating`]: median baseline, MF and BST rating models (MAE/RMSE).
+//! - [`next_item`]: SASRec, the embedding-GRU and most popular over whole
+//!   histories (full-ranking HR/NDCG/MRR).
+//! - [`kt`]: knowledge tracing: question-mean baseline, NCF and RRNCF (AUC,
+//!   log-loss, accuracy beside the generator's oracle), in memory or streamed.
 //! - [`schedule`]: constant and one-cycle learning rates.
 //! - [`run`]: the run directory's files.
 //! - [`progress`]: the progress bar.
