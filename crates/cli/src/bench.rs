@@ -189,36 +189,10 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 
 fn ingest(a: IngestArgs) -> Result<()> {
     let rows = if a.quick { 200_000 } else { a.rows };
-    std::fs::create_dir_all(&a.work).with_context(|| format!("creating {}", a.work.display()))?;
-    let input = a.work.join(format!("riiid-{rows}-seed{}.parquet", a.seed));
-    if !input.exists() {
-        let t = Instant::now();
-        seqrec_data::synth::kt::write_riiid_parquet(&input, rows, a.seed)
-            .with_context(|| format!("generating {}", input.display()))?;
-        eprintln!("generated {} rows in {:.1} s: {}", rows, t.elapsed().as_secs_f64(), input.display());
-    }
-    let recipe = a.work.join(format!("riiid-{rows}.toml"));
-    let text = format!(
-        "name = \"riiid-synthetic-{rows}\"\nformat = \"riiid\"\ndir = \".\"\n\n[interactions]\npath = \"{}\"\n\n[split]\nkind = \"last_fraction\"\ntest = 0.1\nvalid = 0.1\n",
-        input.file_name().and_then(|n| n.to_str()).unwrap_or_default()
-    );
-    std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
-    let out = a.work.join(format!("prepared-{rows}"));
-    let exe = std::env::current_exe().context("locating the seqrec binary")?;
+    let (recipe, out) = riiid_input(&a.work, rows, a.seed)?;
     let t = Instant::now();
-    let output = Command::new(exe)
-        .args(["data", "prepare"])
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&out)
-        .arg("--json")
-        .output()
-        .context("running seqrec data prepare")?;
+    let summary = prepare_child(&recipe, &out)?;
     let seconds = t.elapsed().as_secs_f64();
-    if !output.status.success() {
-        bail!("data prepare failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let summary: Value = serde_json::from_slice(&output.stdout).context("reading the prepare summary")?;
     let peak = summary["peak_rss_bytes"].as_u64().unwrap_or(0);
     let column_bytes = summary["decoded_column_bytes"].as_u64().unwrap_or(0);
     let result = json!({
@@ -244,6 +218,40 @@ fn ingest(a: IngestArgs) -> Result<()> {
     );
     println!("stages (s): {}", summary["stage_seconds"]);
     write_json(&a.json, "ingest", &result)
+}
+
+/// The Riiid-schema parquet of `rows` rows for `seed` in `work` (generated
+/// once, then kept), a recipe for it (last 10% of each learner test, the
+/// 10% before validation) and the folder its prepared dataset goes to.
+fn riiid_input(work: &Path, rows: u64, seed: u64) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let input = work.join(format!("riiid-{rows}-seed{seed}.parquet"));
+    if !input.exists() {
+        let t = Instant::now();
+        seqrec_data::synth::kt::write_riiid_parquet(&input, rows, seed)
+            .with_context(|| format!("generating {}", input.display()))?;
+        eprintln!("generated {rows} rows in {:.1} s: {}", t.elapsed().as_secs_f64(), input.display());
+    }
+    let recipe = work.join(format!("riiid-{rows}.toml"));
+    let text = format!(
+        "name = \"riiid-synthetic-{rows}\"\nformat = \"riiid\"\ndir = \".\"\n\n[interactions]\npath = \"{}\"\n\n[split]\nkind = \"last_fraction\"\ntest = 0.1\nvalid = 0.1\n",
+        input.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+    );
+    std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
+    Ok((recipe, work.join(format!("prepared-{rows}"))))
+}
+
+/// `seqrec data prepare RECIPE --out OUT --json` as a child process; its summary.
+fn prepare_child(recipe: &Path, out: &Path) -> Result<Value> {
+    use std::ffi::OsStr;
+    child_json(&[
+        OsStr::new("data"),
+        OsStr::new("prepare"),
+        recipe.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+        OsStr::new("--json"),
+    ])
 }
 
 /// Writes `dir/<name>.json`.
@@ -687,29 +695,9 @@ fn kt(a: KtArgs) -> Result<()> {
     }
     let rows_scale = if a.quick { 200_000 } else { a.rows };
     if rows_scale > 0 {
-        let input = a.work.join(format!("riiid-{rows_scale}-seed{}.parquet", a.seed));
-        if !input.exists() {
-            let t = Instant::now();
-            seqrec_data::synth::kt::write_riiid_parquet(&input, rows_scale, a.seed)
-                .with_context(|| format!("generating {}", input.display()))?;
-            eprintln!("generated {rows_scale} rows in {:.1} s: {}", t.elapsed().as_secs_f64(), input.display());
-        }
-        let recipe = a.work.join(format!("riiid-{rows_scale}.toml"));
-        let text = format!(
-            "name = \"riiid-synthetic-{rows_scale}\"\nformat = \"riiid\"\ndir = \".\"\n\n[interactions]\npath = \"{}\"\n\n[split]\nkind = \"last_fraction\"\ntest = 0.1\nvalid = 0.1\n",
-            input.file_name().and_then(|n| n.to_str()).unwrap_or_default()
-        );
-        std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
-        let out = a.work.join(format!("prepared-{rows_scale}"));
+        let (recipe, out) = riiid_input(&a.work, rows_scale, a.seed)?;
         if !out.join("dataset.json").exists() {
-            child_json(&[
-                OsStr::new("data"),
-                OsStr::new("prepare"),
-                recipe.as_os_str(),
-                OsStr::new("--out"),
-                out.as_os_str(),
-                OsStr::new("--json"),
-            ])?;
+            prepare_child(&recipe, &out)?;
         }
         let cfg = kt_config(&a, &a.scale_config, Some(1), None, "scale")?;
         let run = a.work.join("kt-run-scale");

@@ -202,12 +202,12 @@ fn run_train_next_item(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<(
 }
 
 fn run_train_kt(a: &TrainArgs, config: &Path) -> Result<()> {
-    use seqrec_train::kt::{open_without_events, train_kt, KtConfig, KtOptions};
+    use seqrec_train::kt::{train_kt, KtConfig, KtOptions};
     if a.resume || a.init_from.is_some() {
         bail!("--resume and --init-from are not available for knowledge-tracing models yet; train anew");
     }
     let cfg = KtConfig::load(config)?;
-    let data = if a.stream { open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
+    let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
     let run = RunDir::create(&a.run)?;
     let opts = KtOptions { device: candle_core::Device::Cpu, progress: !a.json, stream: a.stream };
     let o = train_kt(&cfg, &data, &run, &opts).with_context(|| format!("training on {}", a.data.display()))?;

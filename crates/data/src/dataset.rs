@@ -181,14 +181,24 @@ impl Dataset {
     /// # Errors
     /// Missing or malformed files, each named.
     pub fn open(dir: &Path) -> Result<Self> {
+        let mut data = Self::open_without_events(dir)?;
+        data.events = persist::read_events(dir, &data.meta.event_files)?;
+        Ok(data)
+    }
+
+    /// Opens the metadata and vocabularies only (`events` left empty), for
+    /// reading the event files one at a time with [`persist::read_events`].
+    ///
+    /// # Errors
+    /// Missing or malformed files, each named.
+    pub fn open_without_events(dir: &Path) -> Result<Self> {
         let meta = DatasetMeta::read(dir)?;
-        let events = persist::read_events(dir, &meta.event_files)?;
         let mut vocabs = BTreeMap::new();
         for name in meta.vocab_sizes.keys() {
             let v = persist::read_vocab(&dir.join("vocab").join(format!("{name}.parquet")))?;
             vocabs.insert(name.clone(), v);
         }
-        Ok(Dataset { dir: dir.to_path_buf(), meta, events, vocabs })
+        Ok(Dataset { dir: dir.to_path_buf(), meta, events: PreparedEvents::default(), vocabs })
     }
 
     /// Summary statistics of the events.

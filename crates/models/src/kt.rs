@@ -579,6 +579,17 @@ impl KtTags {
     }
 }
 
+/// Event `e` of `store` is a lecture.
+pub fn is_lecture(store: &SequenceStore, e: usize) -> bool {
+    store.kinds.as_deref().is_some_and(|k| k[e] == KIND_LECTURE)
+}
+
+/// Event `e` of `store` is an answered question (label 0 or 1): a target.
+pub fn is_answer(store: &SequenceStore, e: usize) -> bool {
+    let label = store.labels.as_deref().map_or(-1, |l| l[e]);
+    !is_lecture(store, e) && (label == 0 || label == 1)
+}
+
 /// What [`KtSource::fill`] reads per event, borrowed from a
 /// [`SequenceStore`], plus each event's offset from its bundle's first event.
 #[derive(Debug)]
@@ -605,9 +616,8 @@ impl<'a> KtSource<'a> {
         })?;
         let t = tags.max_tags.max(1);
         let (nq, nl) = (tags.question.len() / t, tags.lecture.len() / t);
-        let kinds = store.kinds.as_deref();
         for (e, &item) in store.items.iter().enumerate() {
-            let lecture = kinds.is_some_and(|k| k[e] == KIND_LECTURE);
+            let lecture = is_lecture(store, e);
             let n = if lecture { nl } else { nq };
             if item as usize >= n {
                 let what = if lecture { "lecture" } else { "question" };
@@ -617,7 +627,7 @@ impl<'a> KtSource<'a> {
             }
         }
         let mut back = vec![0u32; store.n_events()];
-        let is_question = |e: usize| kinds.is_none_or(|k| k[e] != KIND_LECTURE);
+        let is_question = |e: usize| !is_lecture(store, e);
         if let Some(groups) = store.groups.as_deref() {
             for s in 0..store.n_seq() {
                 let r = store.range(s);
@@ -634,10 +644,6 @@ impl<'a> KtSource<'a> {
     /// Events since the first event of each event's bundle.
     pub fn bundle_offsets(&self) -> &[u32] {
         &self.back
-    }
-
-    fn is_lecture(&self, e: usize) -> bool {
-        self.store.kinds.as_deref().is_some_and(|k| k[e] == KIND_LECTURE)
     }
 
     /// Fills `out` from one chunk step; a position is a target where it is a
@@ -671,12 +677,12 @@ impl<'a> KtSource<'a> {
                 }
                 let e = start + p;
                 let item = store.items[e] as usize;
-                let lecture = self.is_lecture(e);
+                let lecture = is_lecture(store, e);
                 let label = self.labels[e];
                 out.question.push(if lecture { 0 } else { item as u32 });
                 let table = if lecture { &self.tags.lecture } else { &self.tags.question };
                 out.tags.extend_from_slice(&table[item * t..(item + 1) * t]);
-                let answered = !lecture && (label == 0 || label == 1);
+                let answered = is_answer(store, e);
                 let gap = store.gaps.as_deref().map_or(0.0, |g| g[e]);
                 let explained = store.explained.as_deref().map_or(0.0, |x| f32::from(u8::from(x[e] == 1)));
                 out.features.extend([

@@ -25,24 +25,26 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arrow_array::{Array, ListArray, RecordBatch, UInt32Array};
-use candle_core::{Device, Tensor};
+use arrow_array::{Array, ListArray, UInt32Array};
+use candle_core::Device;
 use seqrec_data::batch::{Chunks, ChunksConfig, Targets};
 use seqrec_data::dataset::Dataset;
 use seqrec_data::rng::Rng;
 use seqrec_data::split::Part;
-use seqrec_data::table::KIND_LECTURE;
 use seqrec_data::vocab::Vocab;
 use seqrec_data::SequenceStore;
 use seqrec_eval::{ClassificationAccumulator, ClassificationMetrics};
-use seqrec_models::kt::{probabilities, KtBatch, KtHead, KtModel, KtShape, KtSource, KtState, KtTags};
+use seqrec_models::kt::{
+    is_answer, is_lecture, probabilities, KtBatch, KtHead, KtModel, KtShape, KtSource, KtState, KtTags,
+};
 use seqrec_models::optim::{Optimizer, OptimizerKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::parse_checked;
 use crate::error::{Result, TrainError};
-use crate::next_item::clip_gradients;
+use crate::next_item::descend;
 use crate::progress::Progress;
+use crate::rating::side_table;
 use crate::run::{RunDir, RunInfo};
 
 /// The knowledge-tracing models `seqrec train` knows.
@@ -276,34 +278,6 @@ impl KtInputs {
     }
 }
 
-fn side_table(data: &Dataset, name: &str) -> Result<Option<RecordBatch>> {
-    match data.meta.side_tables.get(name) {
-        Some(file) => Ok(Some(seqrec_data::persist::read_parquet(&data.dir.join(file))?)),
-        None => Ok(None),
-    }
-}
-
-/// Opens a prepared dataset's metadata and vocabularies without its events
-/// (for streaming its event files one at a time).
-///
-/// # Errors
-/// Missing or malformed files, each named.
-pub fn open_without_events(dir: &Path) -> Result<Dataset> {
-    let meta = seqrec_data::dataset::DatasetMeta::read(dir)?;
-    let mut vocabs = BTreeMap::new();
-    for name in meta.vocab_sizes.keys() {
-        let v = seqrec_data::persist::read_vocab(&dir.join("vocab").join(format!("{name}.parquet")))?;
-        vocabs.insert(name.clone(), v);
-    }
-    Ok(Dataset { dir: dir.to_path_buf(), meta, events: Default::default(), vocabs })
-}
-
-fn is_answer(store: &SequenceStore, e: usize) -> bool {
-    let lecture = store.kinds.as_deref().is_some_and(|k| k[e] == KIND_LECTURE);
-    let label = store.labels.as_deref().map_or(-1, |l| l[e]);
-    !lecture && (label == 0 || label == 1)
-}
-
 /// One training epoch's numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochStats {
@@ -409,21 +383,7 @@ impl KtTrainer {
                     "epoch {epoch}: the loss became {l} (try a lower learning_rate or set clip_norm)"
                 )));
             }
-            let grads = loss.backward()?;
-            let vars = self.model.params().vars();
-            let mut named: Vec<(String, Tensor)> = Vec::with_capacity(self.names.len());
-            for name in &self.names {
-                if let Some(g) = grads.get(vars[name].as_tensor()) {
-                    named.push((name.clone(), g.clone()));
-                }
-            }
-            if self.cfg.clip_norm > 0.0 {
-                clip_gradients(&mut named, self.cfg.clip_norm)?;
-            }
-            self.opt.begin_step();
-            for (name, g) in &named {
-                self.opt.dense(name, vars[name].as_tensor(), g)?;
-            }
+            descend(&loss, self.model.params(), &self.names, self.cfg.clip_norm, &mut self.opt)?;
             self.steps += 1;
             n_steps += 1;
             loss_sum += f64::from(l);
@@ -577,10 +537,6 @@ pub fn read_truth(path: &Path) -> Result<Vec<f32>> {
     Ok(p)
 }
 
-fn is_lecture(store: &SequenceStore, e: usize) -> bool {
-    store.kinds.as_deref().is_some_and(|k| k[e] == KIND_LECTURE)
-}
-
 /// Extra options of a run.
 #[derive(Debug, Clone)]
 pub struct KtOptions {
@@ -700,7 +656,10 @@ fn evaluate(
     };
     let mut question_row = 0usize;
     shards.for_each(|_, store, parts| {
-        let base = baseline.predict(store, parts, select);
+        // The baseline's predictions serve its test metrics, or stand for the
+        // model when there is none (the per-epoch validation needs neither).
+        let testing = select.contains(&Part::Test);
+        let base = if testing || trainer.is_none() { baseline.predict(store, parts, select) } else { Vec::new() };
         let probs = match trainer {
             Some(t) => t.score(store, parts, select, tags)?,
             None => base.clone(),
@@ -708,7 +667,7 @@ fn evaluate(
         if select.contains(&Part::Valid) {
             ev.valid.add(store, parts, Part::Valid, &probs);
         }
-        if select.contains(&Part::Test) {
+        if testing {
             ev.test.add(store, parts, Part::Test, &probs);
             ev.baseline_test.add(store, parts, Part::Test, &base);
             if let Some(truth) = truth {
@@ -734,7 +693,7 @@ fn evaluate(
 /// the best validation AUC and scores them on the test part.
 ///
 /// With [`KtOptions::stream`], `data` may be opened without its events
-/// ([`open_without_events`]): every pass reads the event files one at a time.
+/// ([`Dataset::open_without_events`]): every pass reads the event files one at a time.
 ///
 /// # Errors
 /// Bad settings, a dataset without labels, a `truth` file that does not

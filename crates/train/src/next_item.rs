@@ -475,9 +475,40 @@ fn build_model(cfg: &NextItemConfig, n_ids: usize, dev: &Device) -> Result<Box<d
     })
 }
 
+/// One optimiser step of an autograd model: the gradient of `loss` for each
+/// named parameter, clipped to the global norm `clip_norm` (0: off), applied
+/// as a dense update.
+///
+/// # Errors
+/// A failing op.
+pub(crate) fn descend(
+    loss: &Tensor,
+    params: &seqrec_models::nn::Params,
+    names: &[String],
+    clip_norm: f64,
+    opt: &mut Optimizer,
+) -> Result<()> {
+    let grads = loss.backward()?;
+    let vars = params.vars();
+    let mut named: Vec<(String, Tensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some(g) = grads.get(vars[name].as_tensor()) {
+            named.push((name.clone(), g.clone()));
+        }
+    }
+    if clip_norm > 0.0 {
+        clip_gradients(&mut named, clip_norm)?;
+    }
+    opt.begin_step();
+    for (name, g) in &named {
+        opt.dense(name, vars[name].as_tensor(), g)?;
+    }
+    Ok(())
+}
+
 /// Scales the gradients so that their global L2 norm is at most `max`;
 /// returns the norm before clipping.
-pub(crate) fn clip_gradients(grads: &mut [(String, Tensor)], max: f64) -> Result<f64> {
+fn clip_gradients(grads: &mut [(String, Tensor)], max: f64) -> Result<f64> {
     let mut sq = 0f64;
     for (_, g) in grads.iter() {
         sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
@@ -627,20 +658,7 @@ pub fn train_next_item(
                     "epoch {epoch}: the loss became {l} (try a lower learning_rate or set clip_norm)"
                 )));
             }
-            let grads = loss.backward()?;
-            let mut named: Vec<(String, Tensor)> = Vec::with_capacity(names.len());
-            for name in &names {
-                if let Some(g) = grads.get(model.params().vars()[name].as_tensor()) {
-                    named.push((name.clone(), g.clone()));
-                }
-            }
-            if cfg.clip_norm > 0.0 {
-                clip_gradients(&mut named, cfg.clip_norm)?;
-            }
-            opt.begin_step();
-            for (name, g) in &named {
-                opt.dense(name, model.params().vars()[name].as_tensor(), g)?;
-            }
+            descend(&loss, model.params(), &names, cfg.clip_norm, &mut opt)?;
             step += 1;
             steps += 1;
             loss_sum += f64::from(l);

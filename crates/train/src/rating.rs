@@ -257,7 +257,8 @@ struct Inputs {
     genres: Option<Genres>,
 }
 
-fn side_table(data: &Dataset, name: &str) -> Result<Option<RecordBatch>> {
+/// A prepared dataset's side table (`users`, `items`, `questions`, `lectures`), if it has one.
+pub(crate) fn side_table(data: &Dataset, name: &str) -> Result<Option<RecordBatch>> {
     match data.meta.side_tables.get(name) {
         Some(file) => Ok(Some(seqrec_data::persist::read_parquet(&data.dir.join(file))?)),
         None => Ok(None),
@@ -618,14 +619,7 @@ pub fn train_rating(cfg: &RatingConfig, data: &Dataset, run: &RunDir, opts: &Rat
                     "epoch {epoch}: the loss became {l} (try a lower learning_rate)"
                 )));
             }
-            let grads = loss.backward()?;
-            opt.begin_step();
-            for name in &names {
-                let var = &model.params().vars()[name];
-                if let Some(g) = grads.get(var.as_tensor()) {
-                    opt.dense(name, var.as_tensor(), g)?;
-                }
-            }
+            crate::next_item::descend(&loss, model.params(), &names, 0.0, &mut opt)?;
             step += 1;
             loss_sum += f64::from(l) * n as f64;
             rows += n;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use seqrec_data::dataset::Dataset;
 use seqrec_data::recipe::Recipe;
 use seqrec_data::synth::kt::KtConfig as GenConfig;
-use seqrec_train::kt::{open_without_events, train_kt, KtConfig, KtOptions, KtOutcome};
+use seqrec_train::kt::{train_kt, KtConfig, KtOptions, KtOutcome};
 use seqrec_train::run::RunDir;
 
 fn scratch(tag: &str) -> PathBuf {
@@ -164,7 +164,7 @@ fn a_long_history_is_read_to_the_end_and_streaming_changes_nothing() {
     assert_eq!(memory.fraction_used_train, 1.0);
     assert_eq!(memory.test.as_ref().unwrap().fraction_used, 1.0);
     assert_eq!(memory.events, data.events.store.n_events());
-    let streamed = run(&cfg, &open_without_events(&dir.join("prepared")).unwrap(), &dir.join("stream"), true);
+    let streamed = run(&cfg, &Dataset::open_without_events(&dir.join("prepared")).unwrap(), &dir.join("stream"), true);
     assert_eq!(streamed.test.as_ref().unwrap().metrics, memory.test.as_ref().unwrap().metrics);
     assert_eq!(streamed.events, memory.events);
 }
