@@ -39,6 +39,8 @@
 //! PyTorch (`U(±1/√fan)` for the LSTM and linear layers) and NCF's `N(0,
 //! 0.01)` for the embeddings.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::batch::ChunkStep;
 use seqrec_data::rng::Rng;
@@ -381,6 +383,59 @@ impl KtModel {
     /// The parameters, mutable (to load a checkpoint).
     pub fn params_mut(&mut self) -> &mut Params {
         &mut self.params
+    }
+
+    /// NeuMF's pre-training (He et al. 2017, §3.4.1): the GMF part (learner
+    /// and question embeddings) from trained GMF weights, the MLP part
+    /// (embeddings and tower) from trained MLP weights, and the output
+    /// layer `[α·w_gmf ‖ (1 − α)·w_mlp]` with bias `α·b_gmf + (1 − α)·b_mlp`
+    /// (the per-question bias likewise), so the NeuMF logit starts as
+    /// `α·logit_gmf + (1 − α)·logit_mlp`. NCF (learner-id embeddings) with
+    /// the NeuMF head only: RRNCF's two heads would come with two LSTMs.
+    ///
+    /// # Errors
+    /// Another model or head, `α` outside `[0, 1]`, a missing tensor or one
+    /// of another shape (named).
+    pub fn load_neumf_pretrained(
+        &mut self,
+        gmf: &BTreeMap<String, Tensor>,
+        mlp: &BTreeMap<String, Tensor>,
+        alpha: f64,
+    ) -> Result<()> {
+        if self.shape.head != KtHead::NeuMf || self.shape.history {
+            return Err(ModelError::Invalid(
+                "NeuMF pre-training: the model must be NCF (learner-id embeddings) with the NeuMF head".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(ModelError::Invalid(format!("NeuMF pre-training: alpha {alpha} is outside [0, 1]")));
+        }
+        let get = |from: &BTreeMap<String, Tensor>, what: &str, name: &str| -> Result<Tensor> {
+            from.get(name).cloned().ok_or_else(|| {
+                ModelError::Invalid(format!("NeuMF pre-training: the {what} weights lack tensor `{name}`"))
+            })
+        };
+        let mut kept = BTreeMap::new();
+        for name in ["learner_gmf", "question_gmf"] {
+            kept.insert(name.to_owned(), get(gmf, "GMF", name)?);
+        }
+        for name in ["learner_mlp", "question_mlp"] {
+            kept.insert(name.to_owned(), get(mlp, "MLP", name)?);
+        }
+        for l in 0..self.tower.len() {
+            for part in ["weight", "bias"] {
+                let name = format!("mlp{l}.{part}");
+                kept.insert(name.clone(), get(mlp, "MLP", &name)?);
+            }
+        }
+        let (a, b) = (alpha, 1.0 - alpha);
+        let out_w = Tensor::cat(&[&(get(gmf, "GMF", "out.weight")? * a)?, &(get(mlp, "MLP", "out.weight")? * b)?], 1)?;
+        kept.insert("out.weight".into(), out_w);
+        for name in ["out.bias", "question_bias"] {
+            let mixed = ((get(gmf, "GMF", name)? * a)? + (get(mlp, "MLP", name)? * b)?)?;
+            kept.insert(name.into(), mixed);
+        }
+        self.params.load(&kept)
     }
 
     fn ids(&self, v: &[u32]) -> Result<Tensor> {
@@ -963,6 +1018,49 @@ mod tests {
         assert!((p[0] - p[4]).abs() < 1e-6 && (p[0] - p[8]).abs() < 1e-6);
         // Same question, other learner: differs.
         assert!((p[0] - p[10]).abs() > 1e-6);
+    }
+
+    #[test]
+    fn pretrained_neumf_starts_as_the_mixture_of_gmf_and_mlp() {
+        let store = store_of(&events(), true);
+        let t = tags();
+        let with_head = |head| KtShape { head, ..shape(false) };
+        let mut gmf = KtModel::new(&with_head(KtHead::Gmf), 3, &Device::Cpu).unwrap();
+        let mut mlp = KtModel::new(&with_head(KtHead::Mlp), 4, &Device::Cpu).unwrap();
+        perturbed(&mut gmf);
+        perturbed(&mut mlp);
+        let logit = |p: f32| (f64::from(p) / (1.0 - f64::from(p))).ln();
+        let (pg, pm) = (predict(&gmf, &store, &t, 4), predict(&mlp, &store, &t, 4));
+        let mut neumf = KtModel::new(&shape(false), 5, &Device::Cpu).unwrap();
+        let alpha = 0.3;
+        neumf.load_neumf_pretrained(&gmf.params().named_tensors(), &mlp.params().named_tensors(), alpha).unwrap();
+        let pn = predict(&neumf, &store, &t, 4);
+        let mut scored = 0;
+        for e in 0..store.n_events() {
+            if pn[e].is_nan() {
+                assert!(pg[e].is_nan() && pm[e].is_nan());
+                continue;
+            }
+            let want = alpha * logit(pg[e]) + (1.0 - alpha) * logit(pm[e]);
+            assert!((logit(pn[e]) - want).abs() < 1e-4, "event {e}: {} vs {want}", logit(pn[e]));
+            scored += 1;
+        }
+        assert!(scored >= 8, "{scored} answers scored");
+        // The heads really differ, so the mixture is not trivially either.
+        assert!((0..store.n_events()).any(|e| !pg[e].is_nan() && (pg[e] - pm[e]).abs() > 1e-3));
+
+        let (g, m) = (gmf.params().named_tensors(), mlp.params().named_tensors());
+        let e = neumf.load_neumf_pretrained(&g, &m, 1.5).unwrap_err().to_string();
+        assert!(e.contains("alpha 1.5"), "{e}");
+        let mut no_tower = m.clone();
+        no_tower.remove("mlp0.weight");
+        let e = neumf.load_neumf_pretrained(&g, &no_tower, 0.5).unwrap_err().to_string();
+        assert!(e.contains("MLP weights lack tensor `mlp0.weight`"), "{e}");
+        let e = neumf.load_neumf_pretrained(&m, &g, 0.5).unwrap_err().to_string();
+        assert!(e.contains("GMF weights lack"), "{e}");
+        let mut rrncf = KtModel::new(&shape(true), 1, &Device::Cpu).unwrap();
+        let e = rrncf.load_neumf_pretrained(&g, &m, 0.5).unwrap_err().to_string();
+        assert!(e.contains("must be NCF"), "{e}");
     }
 
     #[test]

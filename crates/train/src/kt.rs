@@ -95,6 +95,13 @@ pub struct KtConfig {
     pub validate_every: usize,
     /// The generator's `truth.csv`, for the oracle's AUC on the same events.
     pub truth: Option<PathBuf>,
+    /// NeuMF pre-training: the run directory of a trained NCF with `head =
+    /// "gmf"` (its `best.safetensors` gives the GMF part). Needs `pretrained_mlp`.
+    pub pretrained_gmf: Option<PathBuf>,
+    /// NeuMF pre-training: the run directory of a trained NCF with `head = "mlp"`.
+    pub pretrained_mlp: Option<PathBuf>,
+    /// NeuMF pre-training: the GMF side's weight `α` in the output layer.
+    pub pretrain_alpha: f64,
     /// Seed of initialisation, order and dropout.
     pub seed: u64,
 }
@@ -122,6 +129,9 @@ impl Default for KtConfig {
             patience: 2,
             validate_every: 1,
             truth: None,
+            pretrained_gmf: None,
+            pretrained_mlp: None,
+            pretrain_alpha: 0.5,
             seed: 42,
         }
     }
@@ -172,6 +182,20 @@ impl KtConfig {
         Optimizer::new(self.optimizer, self.learning_rate, 0.0)
             .and_then(|o| o.with_weight_decay(self.weight_decay))
             .map_err(|e| e.to_string())?;
+        if self.pretrained_gmf.is_some() != self.pretrained_mlp.is_some() {
+            return Err(
+                "keys `pretrained_gmf` and `pretrained_mlp`: NeuMF pre-training needs both run directories".into()
+            );
+        }
+        if self.pretrained_gmf.is_some() && (self.model != "ncf" || self.head != "neumf") {
+            return Err(format!(
+                "key `pretrained_gmf`: NeuMF pre-training needs model `ncf` with head `neumf`, found `{}` with `{}`",
+                self.model, self.head
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.pretrain_alpha) {
+            return Err(format!("key `pretrain_alpha`: found {}, expected a number in [0, 1]", self.pretrain_alpha));
+        }
         if self.model != "question-mean" {
             self.shape(&KtInputs::placeholder()).check().map_err(|e| e.to_string())?;
         }
@@ -759,6 +783,19 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
     let mut trainer = None;
     if cfg.model != "question-mean" {
         let mut tr = KtTrainer::new(cfg, &inputs, &opts.device)?;
+        if let (Some(gmf), Some(mlp)) = (&cfg.pretrained_gmf, &cfg.pretrained_mlp) {
+            let weights = |dir: &Path| RunDir::open(dir)?.load_tensors("best.safetensors", &opts.device);
+            let (g, m) = (weights(gmf)?, weights(mlp)?);
+            tr.model_mut()
+                .load_neumf_pretrained(&g, &m, cfg.pretrain_alpha)
+                .map_err(|e| TrainError::Invalid(format!("{} + {}: {e}", gmf.display(), mlp.display())))?;
+            tracing::info!(
+                "NeuMF starts from GMF {} and MLP {} (alpha {})",
+                gmf.display(),
+                mlp.display(),
+                cfg.pretrain_alpha
+            );
+        }
         let mut best: Option<f64> = None;
         let mut bad = 0usize;
         for epoch in 1..=cfg.n_epochs {

@@ -190,6 +190,32 @@ fn ncf_learns_learners_and_questions() {
     assert!(ncf.parameters > mlp.parameters && ncf.parameters > gmf.parameters);
     let base = ncf.question_mean_test.as_ref().unwrap().metrics.auc.unwrap();
     assert!(auc(&ncf) > 0.5 && base > 0.5, "NCF {} / baseline {base}", auc(&ncf));
+
+    // NeuMF pre-trained from the two runs: at alpha 1 (0) and a learning rate
+    // too small to move anything it ranks exactly as GMF (MLP) did.
+    let frozen = SMALL.replace("learning_rate = 0.01", "learning_rate = 1e-9");
+    let pretrained = |alpha: f64| {
+        format!(
+            "model = \"ncf\"\nn_epochs = 1\npretrained_gmf = \"{}\"\npretrained_mlp = \"{}\"\npretrain_alpha = {alpha:?}\n{frozen}",
+            dir.join("gmf").display(),
+            dir.join("mlp").display()
+        )
+    };
+    for (alpha, like) in [(1.0, &gmf), (0.0, &mlp)] {
+        let neumf = run(&config(&pretrained(alpha)), &data, &dir.join(format!("neumf-{alpha}")), false);
+        assert!(
+            (auc(&neumf) - auc(like)).abs() < 1e-4,
+            "alpha {alpha}: NeuMF {} vs its source {}",
+            auc(&neumf),
+            auc(like)
+        );
+    }
+    assert!((auc(&gmf) - auc(&mlp)).abs() > 1e-3, "the two sources must differ for the check to mean anything");
+    let missing = config(&pretrained(0.5).replace(&dir.join("gmf").display().to_string(), "/nonexistent/gmf-run"));
+    let e = train_kt(&missing, &data, &RunDir::create(&dir.join("r-missing")).unwrap(), &KtOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/gmf-run") && e.contains("not a run directory"), "{e}");
 }
 
 #[test]
@@ -202,6 +228,10 @@ fn bad_settings_and_inputs_are_named() {
     assert!(bad("mlp = []").contains("key `mlp`"));
     assert!(bad("dropout = 1.0").contains("key `dropout`"));
     assert!(bad("optimizer = \"nadam\"").contains("key `optimizer`"));
+    assert!(bad("model = \"ncf\"\npretrained_gmf = \"g\"").contains("needs both run directories"));
+    assert!(bad("model = \"rrncf\"\npretrained_gmf = \"g\"\npretrained_mlp = \"m\"")
+        .contains("model `ncf` with head `neumf`"));
+    assert!(bad("model = \"ncf\"\npretrain_alpha = 2.0").contains("key `pretrain_alpha`"));
     let e = bad("hiden = 3");
     assert!(e.contains("kt.toml") && e.contains("hiden"), "{e}");
 
