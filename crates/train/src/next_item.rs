@@ -72,6 +72,10 @@ pub struct NextItemConfig {
     /// `shifted` (a target at every position) or `every` (one window per
     /// target); absent: `shifted` for SASRec, `every` for the embedding-GRU.
     pub train_windows: Option<String>,
+    /// Shifted windows: targets between the ends of overlapping windows
+    /// (0: `len`, no overlap); each target still counts once, with at least
+    /// `len − stride` events before it in its window.
+    pub stride: usize,
     /// `ce` (full softmax), `bce` (one negative per target) or `sampled-ce`.
     pub loss: String,
     /// `sampled-ce`: negatives shared by a batch.
@@ -128,6 +132,7 @@ impl Default for NextItemConfig {
             dropout: 0.2,
             recurrent_dropout: 0.0,
             train_windows: None,
+            stride: 0,
             loss: "ce".into(),
             n_negatives: 256,
             sample_alpha: 0.5,
@@ -214,6 +219,12 @@ impl NextItemConfig {
         let windows = self.windows();
         if !["shifted", "every"].contains(&windows) {
             return Err(format!("key `train_windows`: unknown `{windows}`, expected `shifted` or `every`"));
+        }
+        if self.stride > self.len {
+            return Err(format!(
+                "key `stride`: found {}, expected at most `len` ({}); 0 means `len`",
+                self.stride, self.len
+            ));
         }
         if self.bidirectional && windows == "shifted" {
             return Err("key `bidirectional`: a bidirectional GRU would read its own targets in shifted windows; \
@@ -588,7 +599,13 @@ pub fn train_next_item(
         "shifted" => Batches::Shifted(ShiftedWindows::new(
             store,
             targets,
-            &ShiftedConfig { len: cfg.len, batch_size: cfg.batch_size, shuffle: true, seed: cfg.seed },
+            &ShiftedConfig {
+                len: cfg.len,
+                stride: cfg.stride,
+                batch_size: cfg.batch_size,
+                shuffle: true,
+                seed: cfg.seed,
+            },
         )?),
         _ => Batches::Every(Windows::new(
             store,

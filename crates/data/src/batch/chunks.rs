@@ -153,6 +153,76 @@ impl<'a> Chunks<'a> {
     }
 }
 
+/// An order of the sequences under which every lane of [`Chunks`] carries
+/// about the same number of chunks and meets its sequences in random order.
+///
+/// Longest-first orders end every epoch on the shortest sequences (the last
+/// hundreds of steps all fresh starts); a random order leaves a long
+/// sequence drawn late alone in the batch for its whole length. Here the
+/// sequences are dealt to `batch_size` lanes longest first, each to the
+/// lane with the least work so far (LPT: no lane ends more than the longest
+/// sequence's chunk count after the average), each lane's sequences are
+/// shuffled, and the order is the one in which [`Chunks`] then loads them
+/// (its lanes refill in row order; a lane whose own list runs out takes the
+/// last sequence of the fullest list). Sequences without a selected event
+/// come last (`Chunks` skips them).
+pub fn balanced_order(
+    store: &SequenceStore,
+    targets: Targets<'_>,
+    config: &ChunksConfig,
+    rng: &mut crate::rng::Rng,
+) -> Vec<usize> {
+    let (len, width) = (config.len.max(1), config.batch_size.max(1));
+    let chunks: Vec<usize> = (0..store.n_seq())
+        .map(|s| {
+            let r = store.range(s);
+            targets.last_in(r.clone()).map_or(0, |last| (last + 1 - r.start).div_ceil(len))
+        })
+        .collect();
+    let mut by_size: Vec<usize> = (0..store.n_seq()).filter(|&s| chunks[s] > 0).collect();
+    rng.shuffle(&mut by_size);
+    by_size.sort_by_key(|&s| std::cmp::Reverse(chunks[s]));
+    // Deal longest first to the least-loaded lane (ties: lowest lane).
+    let mut queues: Vec<Vec<usize>> = vec![Vec::new(); width];
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>> =
+        (0..width).map(|l| std::cmp::Reverse((0, l))).collect();
+    for &s in &by_size {
+        let std::cmp::Reverse((load, lane)) = heap.pop().expect("width > 0");
+        queues[lane].push(s);
+        heap.push(std::cmp::Reverse((load + chunks[s], lane)));
+    }
+    let mut left: Vec<usize> = queues.iter().map(|q| q.iter().map(|&s| chunks[s]).sum()).collect();
+    for q in &mut queues {
+        rng.shuffle(q);
+    }
+    // Replay the lanes' refills: rows stay lanes while sequences remain.
+    let mut order = Vec::with_capacity(store.n_seq());
+    let mut busy = vec![0usize; width];
+    let take = |lane: usize, queues: &mut [Vec<usize>], left: &mut [usize]| -> Option<usize> {
+        let from = if queues[lane].is_empty() {
+            (0..width).filter(|&l| !queues[l].is_empty()).max_by_key(|&l| (left[l], std::cmp::Reverse(l)))?
+        } else {
+            lane
+        };
+        let s = queues[from].pop()?;
+        left[from] -= chunks[s];
+        Some(s)
+    };
+    while order.len() < by_size.len() {
+        for lane in 0..width {
+            if busy[lane] == 0 {
+                if let Some(s) = take(lane, &mut queues, &mut left) {
+                    order.push(s);
+                    busy[lane] = chunks[s];
+                }
+            }
+        }
+        busy.iter_mut().for_each(|b| *b = b.saturating_sub(1));
+    }
+    order.extend((0..store.n_seq()).filter(|&s| chunks[s] == 0));
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_stores::{random_order, random_parts, random_store, store_of};
@@ -289,6 +359,76 @@ mod tests {
         for seed in 0..300 {
             check_random(seed);
         }
+    }
+
+    /// Steps of `Chunks` over `order`: (rows, sequences started) per step.
+    fn replay(
+        store: &SequenceStore,
+        order: Vec<usize>,
+        targets: Targets<'_>,
+        cfg: &ChunksConfig,
+    ) -> Vec<(usize, Vec<usize>)> {
+        let mut c = Chunks::new(store, order, targets, cfg).unwrap();
+        let mut steps = Vec::new();
+        while let Some(st) = c.next_step() {
+            let started = (0..st.rows()).filter(|&r| st.reset[r]).map(|r| st.seq_index[r]).collect();
+            steps.push((st.rows(), started));
+        }
+        steps
+    }
+
+    #[test]
+    fn balanced_order_keeps_every_lane_busy_to_the_end() {
+        let len = 4;
+        let cfg = config(len, 8);
+        // Heavy-tailed lengths; sequence 17 long, but shorter than a lane's share.
+        let mut rng = Rng::new(3);
+        let mut seqs: Vec<Vec<u32>> = (0..300)
+            .map(|_| {
+                let n = ((rng.normal() * 1.3).exp() * 6.0).round().clamp(1.0, 400.0) as usize;
+                vec![1; n]
+            })
+            .collect();
+        seqs[17] = vec![1; 160];
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let store = store_of(&refs);
+        let chunks = |s: usize| store.len_of(s).div_ceil(len);
+        let total: usize = (0..store.n_seq()).map(chunks).sum();
+        let longest = (0..store.n_seq()).map(chunks).max().unwrap();
+        assert!(chunks(17) * 2 < total / cfg.batch_size, "{} vs {total}", chunks(17));
+        let mut first_steps = std::collections::BTreeSet::new();
+        for seed in 0..10 {
+            let order = balanced_order(&store, Targets::All, &cfg, &mut Rng::new(seed));
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..store.n_seq()).collect::<Vec<_>>(), "every sequence once");
+            let steps = replay(&store, order.clone(), Targets::All, &cfg);
+            // The replay of the refills is exact: Chunks starts them in this order.
+            let started: Vec<usize> = steps.iter().flat_map(|(_, s)| s.clone()).collect();
+            assert_eq!(started, order);
+            // LPT: the batch thins out for at most the longest sequence's chunks,
+            // and the epoch is at most that much longer than a perfect split.
+            let tail = steps.iter().filter(|(rows, _)| *rows < cfg.batch_size).count();
+            assert!(tail <= longest, "seed {seed}: {tail} thin steps");
+            assert!(steps.len() <= total.div_ceil(cfg.batch_size) + longest, "seed {seed}: {} steps", steps.len());
+            first_steps.insert(steps.iter().position(|(_, s)| s.contains(&17)).unwrap());
+        }
+        // Lanes meet their sequences in random order: a long one starts at different times.
+        assert!(first_steps.len() >= 5, "{first_steps:?}");
+
+        // Longest first, for contrast, ends on fresh short sequences.
+        let mut by_len: Vec<usize> = (0..store.n_seq()).collect();
+        by_len.sort_by_key(|&s| std::cmp::Reverse(store.len_of(s)));
+        let steps = replay(&store, by_len, Targets::All, &cfg);
+        let last_full = steps.iter().rposition(|(rows, _)| *rows == cfg.batch_size).unwrap();
+        assert!(steps[last_full - 5..=last_full].iter().all(|(_, s)| !s.is_empty()));
+
+        // Sequences without a selected event come last.
+        let mut parts = vec![Part::Train; store.n_events()];
+        store.range(5).for_each(|e| parts[e] = Part::Test);
+        let select = [Part::Train];
+        let order = balanced_order(&store, Targets::of(&parts, &select), &cfg, &mut Rng::new(1));
+        assert_eq!(order.last(), Some(&5));
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod windows;
 #[cfg(test)]
 mod test_stores;
 
-pub use chunks::{ChunkStep, Chunks, ChunksConfig};
+pub use chunks::{balanced_order, ChunkStep, Chunks, ChunksConfig};
 pub use pairs::{PairBatch, Pairs, PairsConfig};
 pub use session_parallel::{SessionParallel, SessionParallelConfig, SessionStep};
 pub use shifted::{ShiftedBatch, ShiftedConfig, ShiftedWindows};

@@ -8,7 +8,12 @@
 //! sequence's selected targets are covered by consecutive non-overlapping
 //! windows anchored at its last selected target, so long sequences lose
 //! nothing and every selected target is predicted exactly once; the
-//! earliest window of a sequence is the one that is padded. A position
+//! earliest window of a sequence is the one that is padded. With a
+//! `stride` below `len` the windows overlap: they end `stride` targets
+//! apart and each takes the loss at its last `stride` positions only, so a
+//! target still counts once but sees at least `len − stride` events before
+//! it (not just those since its window began), at `len / stride` times the
+//! windows. A position
 //! whose target is padding or not selected has target 0 (no loss there);
 //! its input still feeds the model. Rows come in store order (earliest
 //! window first within a sequence) or in a seeded shuffle; the last batch
@@ -26,6 +31,9 @@ use crate::{Result, SequenceStore};
 pub struct ShiftedConfig {
     /// Window width (SASRec's maximum sequence length).
     pub len: usize,
+    /// Targets between the ends of consecutive windows of a sequence (0:
+    /// `len`, no overlap); each window's loss covers its last `stride` positions.
+    pub stride: usize,
     /// Rows (windows) per batch.
     pub batch_size: usize,
     /// Shuffle the windows (again at every [`ShiftedWindows::rewind`]).
@@ -34,9 +42,20 @@ pub struct ShiftedConfig {
     pub seed: u64,
 }
 
+impl ShiftedConfig {
+    /// The stride in use (`len` when 0).
+    pub fn stride(&self) -> usize {
+        if self.stride == 0 {
+            self.len
+        } else {
+            self.stride
+        }
+    }
+}
+
 impl Default for ShiftedConfig {
     fn default() -> Self {
-        ShiftedConfig { len: 50, batch_size: 128, shuffle: false, seed: 0 }
+        ShiftedConfig { len: 50, stride: 0, batch_size: 128, shuffle: false, seed: 0 }
     }
 }
 
@@ -96,13 +115,20 @@ impl<'a> ShiftedWindows<'a> {
     /// event of a sequence is never a target: nothing comes before it).
     ///
     /// # Errors
-    /// [`crate::Error::Invalid`] when `len` or the batch size is 0, the
-    /// store's offsets are inconsistent or it has more than `u32::MAX`
-    /// events, or the part mask does not cover every event.
+    /// [`crate::Error::Invalid`] when `len` or the batch size is 0, `stride`
+    /// exceeds `len`, the store's offsets are inconsistent or it has more
+    /// than `u32::MAX` events, or the part mask does not cover every event.
     pub fn new(store: &'a SequenceStore, targets: Targets<'a>, config: &ShiftedConfig) -> Result<Self> {
         let what = "shifted windows";
         check_positive(config.len, "window length")?;
         check_positive(config.batch_size, "window batch size")?;
+        if config.stride > config.len {
+            return Err(crate::Error::Invalid(format!(
+                "shifted windows: stride {} exceeds the window length {}, expected at most the length",
+                config.stride, config.len
+            )));
+        }
+        let stride = config.stride();
         check_row_store(store, &targets, what)?;
         let mut order = Vec::new();
         for s in 0..store.n_seq() {
@@ -111,7 +137,7 @@ impl<'a> ShiftedWindows<'a> {
             let mut last = targets.last_in(r.start + 1..r.end);
             while let Some(j) = last {
                 order.push(j as u32);
-                let window_start = (j + 1).saturating_sub(config.len).max(r.start + 1);
+                let window_start = (j + 1).saturating_sub(stride).max(r.start + 1);
                 last = targets.last_in(r.start + 1..window_start);
             }
             order[first..].reverse();
@@ -145,14 +171,17 @@ impl<'a> ShiftedWindows<'a> {
         let ShiftedWindows { store, targets, config, order, batch } = self;
         let rows = order.next_rows()?;
         batch.clear();
-        let len = config.len;
+        let (len, stride) = (config.len, config.stride());
         for &j in rows {
             let j = j as usize;
             let s = seq_of(&store.offsets, j);
             let l = (j - store.offsets[s]).min(len);
             gather_row(&store.items, j - l, l, len, 0, true, &mut batch.inputs);
             batch.targets.extend(std::iter::repeat_n(0, len - l));
-            batch.targets.extend((j + 1 - l..=j).map(|t| if targets.selects(t) { store.items[t] } else { 0 }));
+            // Targets before the last `stride` belong to the window before
+            // (or are not selected: the earliest window has none before).
+            let own = |t: usize| t + stride > j && targets.selects(t);
+            batch.targets.extend((j + 1 - l..=j).map(|t| if own(t) { store.items[t] } else { 0 }));
             batch.lengths.push(l);
             batch.last_event.push(j);
             batch.seq_index.push(s);
@@ -193,6 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_windows_count_each_target_once() {
+        // One sequence 1..=7 (events 0-6), windows of 4 ending 2 targets apart.
+        let store = store_of(&[&[1, 2, 3, 4, 5, 6, 7]]);
+        let cfg = ShiftedConfig { len: 4, stride: 2, batch_size: 8, ..Default::default() };
+        let mut w = ShiftedWindows::new(&store, Targets::All, &cfg).unwrap();
+        let b = w.next_batch().unwrap();
+        assert_eq!(b.last_event, vec![2, 4, 6]);
+        assert_eq!(b.inputs, vec![0, 0, 1, 2, 1, 2, 3, 4, 3, 4, 5, 6]);
+        assert_eq!(b.targets, vec![0, 0, 2, 3, 0, 0, 4, 5, 0, 0, 6, 7]);
+        let too_far = ShiftedConfig { stride: 5, ..cfg };
+        let e = ShiftedWindows::new(&store, Targets::All, &too_far).unwrap_err().to_string();
+        assert!(e.contains("stride 5 exceeds the window length 4"), "{e}");
+    }
+
+    #[test]
     fn unselected_targets_inside_a_window_are_zero() {
         let store = store_of(&[&[1, 2, 3, 4]]);
         let parts = [Part::Train, Part::Train, Part::Valid, Part::Train];
@@ -217,13 +261,15 @@ mod tests {
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Train, Part::Valid];
         let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
+        let len = 1 + rng.below(8) as usize;
         let cfg = ShiftedConfig {
-            len: 1 + rng.below(8) as usize,
+            len,
+            stride: if seed % 3 == 0 { 0 } else { rng.below(len as u64) as usize + 1 },
             batch_size: 1 + rng.below(10) as usize,
             shuffle: seed % 4 < 2,
             seed,
         };
-        let len = cfg.len;
+        let stride = cfg.stride();
         let mut w = ShiftedWindows::new(&store, targets, &cfg).unwrap();
         let mut seen = vec![0usize; store.n_events()];
         let (mut batches, mut rows) = (0, 0);
@@ -248,9 +294,15 @@ mod tests {
                     let e = j + p - len;
                     assert!(e >= range.start);
                     assert_eq!(input, store.items[e]);
-                    if targets.selects(e + 1) {
+                    if targets.selects(e + 1) && e + 1 + stride > j {
                         assert_eq!(target, store.items[e + 1]);
                         seen[e + 1] += 1;
+                        // Context: the whole history or at least len − stride + 1 events.
+                        let context = e + 1 - (j - l);
+                        assert!(
+                            context >= (e + 1 - range.start).min(len + 1 - stride),
+                            "seed {seed}: context {context}"
+                        );
                     } else {
                         assert_eq!(target, 0);
                     }
