@@ -209,11 +209,11 @@ pub fn balanced_order(
         Some(s)
     };
     while order.len() < by_size.len() {
-        for lane in 0..width {
-            if busy[lane] == 0 {
+        for (lane, b) in busy.iter_mut().enumerate() {
+            if *b == 0 {
                 if let Some(s) = take(lane, &mut queues, &mut left) {
                     order.push(s);
-                    busy[lane] = chunks[s];
+                    *b = chunks[s];
                 }
             }
         }
