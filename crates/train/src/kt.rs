@@ -14,6 +14,12 @@
 //! With `truth` naming the generator's `truth.csv` (`seqrec data synth kt`),
 //! the oracle's AUC is computed on exactly the scored test questions.
 //!
+//! Lanes are filled by [`balanced_order`]: learners dealt to lanes so each
+//! carries about the same number of chunks, each lane's learners in random
+//! order, so an epoch neither ends on a few lanes of one long learner nor on
+//! a run of fresh short ones. NeuMF may start from finished GMF and MLP runs
+//! (`pretrained_gmf`, `pretrained_mlp`, `pretrain_alpha`).
+//!
 //! ```toml
 //! model = "rrncf"        # question-mean | ncf | rrncf
 //! head = "neumf"         # neumf | gmf | mlp
