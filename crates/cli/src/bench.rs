@@ -633,6 +633,7 @@ fn kt_config(a: &KtArgs, path: &Path, epochs: Option<usize>, truth: Option<&Path
 fn kt_row(v: &Value, dataset: &str, config: &Path, quick: bool) -> Value {
     json!({
         "model": v["model"],
+        "head": v["head"],
         "dataset": dataset,
         "config": config,
         "auc": v["test"]["metrics"]["auc"],
@@ -675,8 +676,10 @@ fn kt(a: KtArgs) -> Result<()> {
         let split = meta.split["kind"].as_str().unwrap_or("?").to_owned();
         let dataset = format!("{} ({} learners, {} events, {split})", recipe.name, gen.n_learners, meta.counts.events);
         for path in &a.configs {
+            // Runs are named by config file, so that e.g. NCF's heads keep their own runs.
             let model = seqrec_train::config::config_model(path)?;
-            let tag = format!("{}-{model}", recipe.name);
+            let stem = path.file_stem().and_then(OsStr::to_str).unwrap_or(&model);
+            let tag = format!("{}-{stem}", recipe.name);
             let cfg = kt_config(&a, path, epochs, Some(&raw.join("truth.csv")), &tag)?;
             let run = a.work.join(format!("kt-run-{tag}"));
             let _ = std::fs::remove_dir_all(&run);
@@ -716,14 +719,17 @@ fn kt(a: KtArgs) -> Result<()> {
         rows.push(kt_row(&v, &format!("riiid-synthetic-{rows_scale} (streamed)"), &a.scale_config, a.quick));
     }
     println!(
-        "{:<14} {:<64} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
+        "{:<20} {:<64} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
         "model", "dataset", "AUC", "oracle", "ratio", "logloss", "events/s", "RSS MiB", "used", "epochs"
     );
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<14} {:<64} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
-            r["model"].as_str().unwrap_or(""),
+            "{:<20} {:<64} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
+            match (r["model"].as_str().unwrap_or(""), r["head"].as_str()) {
+                (m @ ("ncf" | "rrncf"), Some(h)) => format!("{m} {h}"),
+                (m, _) => m.to_owned(),
+            },
             r["dataset"].as_str().unwrap_or(""),
             f("auc"),
             f("oracle_auc"),
