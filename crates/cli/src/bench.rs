@@ -422,7 +422,7 @@ fn rating(a: RatingArgs) -> Result<()> {
 }
 
 /// What `--quick` shrinks every next-item model to.
-const QUICK_NEXT_ITEM: &str = "len = 10\nembedding = 16\nlayers = [16]\nn_sample = 64\n";
+const QUICK_NEXT_ITEM: &str = "len = 10\nstride = 5\nembedding = 16\nlayers = [16]\nn_sample = 64\n";
 
 /// A run config's text with `n_epochs` set (when given) and the keys that
 /// `small` returns (given the file's table) put over the file's own.
@@ -448,8 +448,8 @@ fn quick_next_item(model: &str, table: &toml::Table) -> Result<toml::Table> {
         .into_iter()
         .filter(|(k, _)| match model {
             "gru4rec" => k == "n_sample" || (k == "layers" && table.contains_key("layers")),
-            "sasrec" => k == "len" || k == "embedding",
-            "emb-gru" => k != "n_sample",
+            "sasrec" => k == "len" || k == "embedding" || (k == "stride" && table.contains_key("stride")),
+            "emb-gru" => k != "n_sample" && k != "stride",
             _ => false,
         })
         .collect())
