@@ -131,6 +131,7 @@ fn bad_configs_name_their_key() {
     };
     bad("model = \"sasrec\"\nlen = 0\n", "`len`");
     bad("model = \"emb-gru\"\nbidirectional = true\ntrain_windows = \"shifted\"\n", "`bidirectional`");
+    bad("model = \"sasrec\"\nlen = 10\nstride = 11\n", "key `stride`");
     bad("model = \"sasrec\"\ndtype = \"bf16\"\n", "`dtype`");
     bad("model = \"sasrec\"\nloss = \"hinge\"\n", "`loss`");
     bad("model = \"sasrec\"\nvalid_metric = \"ndcg@50\"\n", "`valid_metric`");
