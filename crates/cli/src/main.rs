@@ -24,7 +24,7 @@ enum Command {
     /// Prepare, inspect and generate datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
-    /// Train GRU4Rec on a prepared dataset into a run directory.
+    /// Train the run config's `model` (GRU4Rec, SASRec, MF, BST, NCF, RRNCF, …) into a run directory.
     Train(train::TrainArgs),
     /// Rank a part of a prepared dataset with a trained run.
     Evaluate(train::EvaluateArgs),
