@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use seqrec_train::RunConfig;
 use serde_json::{json, Value};
 
 /// Benchmarks.
@@ -602,6 +603,20 @@ fn child_json(args: &[&std::ffi::OsStr]) -> Result<Value> {
     serde_json::from_slice(&output.stdout).context("reading the JSON summary")
 }
 
+/// `seqrec train --json` (with `--stream` when asked) of `config` on `data`
+/// into a fresh `run` directory, as a child process; its JSON summary.
+fn train_child(config: &Path, data: &Path, run: &Path, stream: bool) -> Result<Value> {
+    use std::ffi::OsStr;
+    let _ = std::fs::remove_dir_all(run);
+    let mut args = vec![OsStr::new("train")];
+    if stream {
+        args.push(OsStr::new("--stream"));
+    }
+    args.extend([OsStr::new("--config"), config.as_os_str(), OsStr::new("--data"), data.as_os_str()]);
+    args.extend([OsStr::new("--run"), run.as_os_str(), OsStr::new("--json")]);
+    child_json(&args)
+}
+
 /// A knowledge-tracing run config with `truth` and the overrides, written
 /// into the work folder; returns its path.
 fn kt_config(a: &KtArgs, path: &Path, epochs: Option<usize>, truth: Option<&Path>, tag: &str) -> Result<PathBuf> {
@@ -681,18 +696,7 @@ fn kt(a: KtArgs) -> Result<()> {
             let stem = path.file_stem().and_then(OsStr::to_str).unwrap_or(&model);
             let tag = format!("{}-{stem}", recipe.name);
             let cfg = kt_config(&a, path, epochs, Some(&raw.join("truth.csv")), &tag)?;
-            let run = a.work.join(format!("kt-run-{tag}"));
-            let _ = std::fs::remove_dir_all(&run);
-            let v = child_json(&[
-                OsStr::new("train"),
-                OsStr::new("--config"),
-                cfg.as_os_str(),
-                OsStr::new("--data"),
-                prepared.as_os_str(),
-                OsStr::new("--run"),
-                run.as_os_str(),
-                OsStr::new("--json"),
-            ])?;
+            let v = train_child(&cfg, &prepared, &a.work.join(format!("kt-run-{tag}")), false)?;
             rows.push(kt_row(&v, &dataset, path, a.quick));
         }
     }
@@ -703,19 +707,7 @@ fn kt(a: KtArgs) -> Result<()> {
             prepare_child(&recipe, &out)?;
         }
         let cfg = kt_config(&a, &a.scale_config, Some(1), None, "scale")?;
-        let run = a.work.join("kt-run-scale");
-        let _ = std::fs::remove_dir_all(&run);
-        let v = child_json(&[
-            OsStr::new("train"),
-            OsStr::new("--stream"),
-            OsStr::new("--config"),
-            cfg.as_os_str(),
-            OsStr::new("--data"),
-            out.as_os_str(),
-            OsStr::new("--run"),
-            run.as_os_str(),
-            OsStr::new("--json"),
-        ])?;
+        let v = train_child(&cfg, &out, &a.work.join("kt-run-scale"), true)?;
         rows.push(kt_row(&v, &format!("riiid-synthetic-{rows_scale} (streamed)"), &a.scale_config, a.quick));
     }
     println!(

@@ -11,7 +11,7 @@ use seqrec_data::split::Part;
 use seqrec_data::table::col;
 use seqrec_train::gru4rec::{evaluate_run, load_run, recommend, train, TrainOptions};
 use seqrec_train::run::RunDir;
-use seqrec_train::Gru4RecConfig;
+use seqrec_train::{Gru4RecConfig, RunConfig};
 
 /// `seqrec train`.
 #[derive(Debug, Args)]

@@ -159,30 +159,12 @@ impl Metric {
     }
 }
 
-impl Gru4RecConfig {
-    /// Reads and checks a config file.
-    ///
-    /// # Errors
-    /// [`TrainError::Io`] when unreadable; [`TrainError::Config`] naming the
-    /// file and the key (with line and column for parse and type errors).
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
-        Self::from_toml_str(&text, path)
-    }
-
-    /// Parses and checks config text; `path` names it in errors.
-    ///
-    /// # Errors
-    /// As [`Gru4RecConfig::load`].
-    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        parse_checked(text, path, Self::check)
-    }
-
+impl RunConfig for Gru4RecConfig {
     /// Checks every value; the error names the key and what was expected.
     ///
     /// # Errors
     /// The first bad key, as a message.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> std::result::Result<(), String> {
         if self.model != "gru4rec" {
             return Err(format!("key `model`: found `{}`, expected `gru4rec` for a GRU4Rec config", self.model));
         }
@@ -219,7 +201,9 @@ impl Gru4RecConfig {
         }
         Ok(())
     }
+}
 
+impl Gru4RecConfig {
     /// The loss.
     ///
     /// # Errors
@@ -269,24 +253,43 @@ impl Gru4RecConfig {
             reset_after: self.reset_after,
         })
     }
-
-    /// The config as TOML text (what a run directory stores).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
-    }
 }
 
-/// Parses run-config text and checks it; errors name `path`, and the key
-/// with its line and column (parse and type errors) or what `check` says.
-pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
-    text: &str,
-    path: &Path,
-    check: impl Fn(&T) -> std::result::Result<(), String>,
-) -> Result<T> {
-    let cfg: T = toml::from_str(text)
-        .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, text) })?;
-    check(&cfg).map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
-    Ok(cfg)
+/// A run config: TOML with the papers' keys, read, parsed and checked the
+/// same way by every trainer (errors name the file, and the key with its
+/// line and column for parse and type errors, or what `check` says).
+pub trait RunConfig: Serialize + serde::de::DeserializeOwned {
+    /// Checks every value; the error names the key and what was expected.
+    ///
+    /// # Errors
+    /// The first bad key, as a message.
+    fn check(&self) -> std::result::Result<(), String>;
+
+    /// Reads and checks a config file.
+    ///
+    /// # Errors
+    /// [`TrainError::Io`] when unreadable; [`TrainError::Config`] naming the
+    /// file and the key (with line and column for parse and type errors).
+    fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Parses and checks config text; `path` names it in errors.
+    ///
+    /// # Errors
+    /// As [`RunConfig::load`].
+    fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self = toml::from_str(text)
+            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: toml_message(&e, text) })?;
+        cfg.check().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        Ok(cfg)
+    }
+
+    /// The config as TOML text (what a run directory stores).
+    fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
 }
 
 /// The `model` key of a run config file (`gru4rec` when absent), telling

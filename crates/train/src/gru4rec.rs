@@ -30,7 +30,7 @@ use seqrec_models::optim::Optimizer;
 use seqrec_sampling::{count_supports, Filling, PopularitySampler, SampleStore, Sampler};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Gru4RecConfig;
+use crate::config::{Gru4RecConfig, RunConfig};
 use crate::error::{Result, TrainError};
 use crate::progress::Progress;
 use crate::run::{RunDir, RunInfo, TrainerState};

@@ -46,7 +46,7 @@ use seqrec_models::kt::{
 use seqrec_models::optim::{Optimizer, OptimizerKind};
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_checked;
+use crate::config::RunConfig;
 use crate::error::{Result, TrainError};
 use crate::next_item::descend;
 use crate::progress::Progress;
@@ -143,30 +143,12 @@ impl Default for KtConfig {
     }
 }
 
-impl KtConfig {
-    /// Reads and checks a config file.
-    ///
-    /// # Errors
-    /// [`TrainError::Io`] when unreadable; [`TrainError::Config`] naming the
-    /// file and the key (with line and column for parse and type errors).
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
-        Self::from_toml_str(&text, path)
-    }
-
-    /// Parses and checks config text; `path` names it in errors.
-    ///
-    /// # Errors
-    /// As [`KtConfig::load`].
-    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        parse_checked(text, path, Self::check)
-    }
-
+impl RunConfig for KtConfig {
     /// Checks every value; the error names the key and what was expected.
     ///
     /// # Errors
     /// The first bad key, as a message.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> std::result::Result<(), String> {
         if !KT_MODELS.contains(&self.model.as_str()) {
             return Err(format!("key `model`: unknown model `{}`, expected one of {KT_MODELS:?}", self.model));
         }
@@ -207,7 +189,9 @@ impl KtConfig {
         }
         Ok(())
     }
+}
 
+impl KtConfig {
     /// The model's settings for a dataset's sizes.
     pub fn shape(&self, inputs: &KtInputs) -> KtShape {
         KtShape {
@@ -225,11 +209,6 @@ impl KtConfig {
             learner_embedding: self.learner_embedding,
             dropout: self.dropout,
         }
-    }
-
-    /// The config as TOML (written into the run directory).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
     }
 }
 
@@ -376,10 +355,11 @@ impl KtTrainer {
         let t = Instant::now();
         let src = KtSource::new(store, tags)?;
         let select = [Part::Train];
+        let targets = Targets::of(parts, &select);
         let cc = ChunksConfig { len: self.cfg.len, batch_size: self.cfg.batch_size };
         let mut rng = Rng::fork(self.cfg.seed ^ 0x0004_7EA1, (epoch as u64) << 20 | shard as u64);
-        let order = balanced_order(store, Targets::of(parts, &select), &cc, &mut rng);
-        let mut chunks = Chunks::new(store, order, Targets::of(parts, &select), &cc)?;
+        let order = balanced_order(store, targets, &cc, &mut rng);
+        let mut chunks = Chunks::new(store, order, targets, &cc)?;
         let (mut state, mut batch) = (KtState::new(), KtBatch::default());
         let mut stats = EpochStats::default();
         let mut loss_sum = 0f64;

@@ -23,5 +23,5 @@ pub mod rating;
 pub mod run;
 pub mod schedule;
 
-pub use config::Gru4RecConfig;
+pub use config::{Gru4RecConfig, RunConfig};
 pub use error::{Result, TrainError};

@@ -20,7 +20,6 @@
 //! loss = "ce"             # ce | bce | sampled-ce
 //! ```
 
-use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -37,7 +36,7 @@ use seqrec_models::seq::{Objective, SeqBatch, WindowModel};
 use seqrec_models::window_eval::{evaluate_windows, SampledEval, WindowEvalConfig, WindowEvalReport, WindowScorer};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{parse_checked, Metric};
+use crate::config::{Metric, RunConfig};
 use crate::error::{Result, TrainError};
 use crate::progress::Progress;
 use crate::run::{RunDir, RunInfo};
@@ -157,30 +156,12 @@ impl Default for NextItemConfig {
     }
 }
 
-impl NextItemConfig {
-    /// Reads and checks a config file.
-    ///
-    /// # Errors
-    /// [`TrainError::Io`] when unreadable; [`TrainError::Config`] naming the
-    /// file and the key (with line and column for parse and type errors).
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
-        Self::from_toml_str(&text, path)
-    }
-
-    /// Parses and checks config text; `path` names it in errors.
-    ///
-    /// # Errors
-    /// As [`NextItemConfig::load`].
-    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        parse_checked(text, path, Self::check)
-    }
-
+impl RunConfig for NextItemConfig {
     /// Checks every value; the error names the key and what was expected.
     ///
     /// # Errors
     /// The first bad key, as a message.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> std::result::Result<(), String> {
         if !NEXT_ITEM_MODELS.contains(&self.model.as_str()) {
             return Err(format!("key `model`: unknown model `{}`, expected one of {NEXT_ITEM_MODELS:?}", self.model));
         }
@@ -256,7 +237,9 @@ impl NextItemConfig {
         }
         Ok(())
     }
+}
 
+impl NextItemConfig {
     /// The training windows in use.
     pub fn windows(&self) -> &str {
         match (&self.train_windows, self.model.as_str()) {
@@ -298,11 +281,6 @@ impl NextItemConfig {
             sampled: self.sampled_eval.clone(),
             batch_size: self.eval_batch_size,
         }
-    }
-
-    /// The config as TOML text (what a run directory stores).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
     }
 }
 

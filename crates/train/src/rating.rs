@@ -15,7 +15,6 @@
 //! learning_rate = 0.01    # the one-cycle peak
 //! ```
 
-use std::path::Path;
 use std::time::Instant;
 
 use arrow_array::{Array, ListArray, RecordBatch, UInt32Array};
@@ -31,7 +30,7 @@ use seqrec_models::optim::{Optimizer, OptimizerKind};
 use seqrec_models::rating::{median_rating, Mf, MfShape, OutputRange, RatingBatch, RatingModel};
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_checked;
+use crate::config::RunConfig;
 use crate::error::{Result, TrainError};
 use crate::progress::Progress;
 use crate::run::{RunDir, RunInfo};
@@ -127,30 +126,12 @@ impl Default for RatingConfig {
 /// The models a rating config can name.
 pub const RATING_MODELS: [&str; 3] = ["median", "mf", "bst"];
 
-impl RatingConfig {
-    /// Reads and checks a config file.
-    ///
-    /// # Errors
-    /// [`TrainError::Io`] when unreadable; [`TrainError::Config`] naming the
-    /// file and the key (with line and column for parse and type errors).
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
-        Self::from_toml_str(&text, path)
-    }
-
-    /// Parses and checks config text; `path` names it in errors.
-    ///
-    /// # Errors
-    /// As [`RatingConfig::load`].
-    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self> {
-        parse_checked(text, path, Self::check)
-    }
-
+impl RunConfig for RatingConfig {
     /// Checks every value; the error names the key and what was expected.
     ///
     /// # Errors
     /// The first bad key, as a message.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> std::result::Result<(), String> {
         if !RATING_MODELS.contains(&self.model.as_str()) {
             return Err(format!("key `model`: unknown model `{}`, expected one of {RATING_MODELS:?}", self.model));
         }
@@ -192,12 +173,9 @@ impl RatingConfig {
         }
         Ok(())
     }
+}
 
-    /// The config as TOML text (what a run directory stores).
-    pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
-    }
-
+impl RatingConfig {
     fn range(&self) -> Option<OutputRange> {
         self.output_range.map(|[lo, hi]| OutputRange { lo, hi })
     }

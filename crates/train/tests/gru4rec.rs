@@ -10,7 +10,7 @@ use seqrec_data::split::Part;
 use seqrec_data::synth::sessions::SessionsConfig;
 use seqrec_train::gru4rec::{evaluate_run, load_run, recommend, train, TrainOptions};
 use seqrec_train::run::RunDir;
-use seqrec_train::Gru4RecConfig;
+use seqrec_train::{Gru4RecConfig, RunConfig};
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("seqrec-train-{tag}-{}", std::process::id()));

@@ -11,6 +11,7 @@ use seqrec_data::recipe::Recipe;
 use seqrec_data::synth::kt::KtConfig as GenConfig;
 use seqrec_train::kt::{train_kt, KtConfig, KtOptions, KtOutcome};
 use seqrec_train::run::RunDir;
+use seqrec_train::RunConfig;
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("seqrec-kt-{tag}-{}", std::process::id()));

@@ -12,6 +12,7 @@ use seqrec_data::recipe::Recipe;
 use seqrec_data::rng::Rng;
 use seqrec_train::next_item::{train_next_item, NextItemConfig, NextItemOptions, NextItemOutcome};
 use seqrec_train::run::RunDir;
+use seqrec_train::RunConfig;
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("seqrec-next-item-{tag}-{}", std::process::id()));
