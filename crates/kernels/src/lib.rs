@@ -7,7 +7,9 @@
 //!   summed first), as in-place candle ops.
 //! - [`loss`]: GRU4Rec's sampled-output losses fused into one op (forward and gradient).
 //! - [`lstm`]: a whole LSTM sequence as one op, forward and backward by hand.
+//! - [`matmul`]: CPU matrix products whose thread count follows their size.
 
 pub mod loss;
 pub mod lstm;
+pub mod matmul;
 pub mod optim;

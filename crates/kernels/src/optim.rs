@@ -73,11 +73,13 @@ pub struct RowGroups {
 impl RowGroups {
     /// Groups the (possibly repeated) row ids of a sparse gradient.
     pub fn new(ids: &[u32]) -> Self {
-        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
-        order.sort_unstable_by_key(|&i| (ids[i as usize], i));
-        let mut groups = RowGroups { rows: Vec::new(), starts: Vec::new(), sources: order };
-        for (k, &i) in groups.sources.iter().enumerate() {
-            let id = ids[i as usize];
+        // (id, position) packed into one u64 key: one integer sort.
+        let mut keys: Vec<u64> = ids.iter().enumerate().map(|(i, &id)| (u64::from(id) << 32) | i as u64).collect();
+        keys.sort_unstable();
+        let mut groups =
+            RowGroups { rows: Vec::new(), starts: Vec::new(), sources: keys.iter().map(|&k| k as u32).collect() };
+        for (k, &key) in keys.iter().enumerate() {
+            let id = (key >> 32) as u32;
             if groups.rows.last() != Some(&id) {
                 groups.rows.push(id);
                 groups.starts.push(k);
@@ -182,6 +184,11 @@ pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], wid
             let g = c * chunk + k;
             let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
             let first = sources[0] as usize * width;
+            let (a, b) = row.split_at_mut(width);
+            if sources.len() == 1 {
+                update_state(rule, a, b, &grad[first..first + width]);
+                continue;
+            }
             sum.copy_from_slice(&grad[first..first + width]);
             for &s in &sources[1..] {
                 let s = s as usize * width;
@@ -189,7 +196,6 @@ pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], wid
                     *acc += x;
                 }
             }
-            let (a, b) = row.split_at_mut(width);
             update_state(rule, a, b, &sum);
         }
     });

@@ -36,6 +36,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
+use seqrec_kernels::matmul::{matmul as mm, matmul_pair};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -368,25 +369,25 @@ impl Gru4Rec {
         let mut caches = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.size;
-            let vx = match &layer.wx {
-                Some(wx) => x.matmul(wx)?,
-                None => x.clone(),
-            }
-            .broadcast_add(&layer.b)?;
             let prev = state[i].clone();
-            let vrz = prev.matmul(&layer.wrz)?;
+            // x·Wx and h·Wrz are independent: one product per thread when small.
+            let (vx, vrz) = match &layer.wx {
+                Some(wx) => matmul_pair(&x, wx, &prev, &layer.wrz)?,
+                None => (x.clone(), mm(&prev, &layer.wrz)?),
+            };
+            let vx = vx.broadcast_add(&layer.b)?;
             let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
             let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
             let (rh, c) = match &layer.bhn {
                 // reset after the product: rh holds h·Uc + b'
                 Some(bhn) => {
-                    let vhn = prev.matmul(&layer.wh)?.broadcast_add(bhn)?;
+                    let vhn = mm(&prev, &layer.wh)?.broadcast_add(bhn)?;
                     let c = ((&r * &vhn)? + vx.narrow(1, 0, h)?)?.tanh()?;
                     (vhn, c)
                 }
                 None => {
                     let rh = (&r * &prev)?;
-                    let c = (rh.matmul(&layer.wh)? + vx.narrow(1, 0, h)?)?.tanh()?;
+                    let c = (mm(&rh, &layer.wh)? + vx.narrow(1, 0, h)?)?.tanh()?;
                     (rh, c)
                 }
             };
@@ -430,25 +431,34 @@ impl Gru4Rec {
             let dr = if layer.bhn.is_some() {
                 // cache.rh is h·Uc + b'
                 let dvhn = (&dac * &cache.r)?;
-                out.push(ParamGrad { name: format!("layer{i}.wh"), grad: cache.prev.t()?.matmul(&dvhn)?, rows: None });
+                out.push(ParamGrad { name: format!("layer{i}.wh"), grad: mm(&cache.prev.t()?, &dvhn)?, rows: None });
                 out.push(ParamGrad { name: format!("layer{i}.bhn"), grad: dvhn.sum(0)?, rows: None });
                 (&dac * &cache.rh)?
             } else {
-                out.push(ParamGrad { name: format!("layer{i}.wh"), grad: cache.rh.t()?.matmul(&dac)?, rows: None });
-                (dac.matmul(&layer.wh.t()?)? * &cache.prev)?
+                let (d_wh, d_rh) = matmul_pair(&cache.rh.t()?, &dac, &dac, &layer.wh.t()?)?;
+                out.push(ParamGrad { name: format!("layer{i}.wh"), grad: d_wh, rows: None });
+                (d_rh * &cache.prev)?
             };
             let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
             let daz = (dz * (&cache.z * (1.0 - &cache.z)?)?)?;
             let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
             let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
-            out.push(ParamGrad { name: format!("layer{i}.wrz"), grad: cache.prev.t()?.matmul(&d_rz)?, rows: None });
             out.push(ParamGrad { name: format!("layer{i}.b"), grad: dvx.sum(0)?, rows: None });
             d = match &layer.wx {
                 Some(wx) => {
-                    out.push(ParamGrad { name: format!("layer{i}.wx"), grad: cache.x.t()?.matmul(&dvx)?, rows: None });
-                    dvx.matmul(&wx.t()?)?
+                    let (d_wrz, d_wx) = matmul_pair(&cache.prev.t()?, &d_rz, &cache.x.t()?, &dvx)?;
+                    out.push(ParamGrad { name: format!("layer{i}.wrz"), grad: d_wrz, rows: None });
+                    out.push(ParamGrad { name: format!("layer{i}.wx"), grad: d_wx, rows: None });
+                    mm(&dvx, &wx.t()?)?
                 }
-                None => dvx,
+                None => {
+                    out.push(ParamGrad {
+                        name: format!("layer{i}.wrz"),
+                        grad: mm(&cache.prev.t()?, &d_rz)?,
+                        rows: None,
+                    });
+                    dvx
+                }
             };
         }
         if let Some(m) = embed_mask {
@@ -523,7 +533,7 @@ impl Gru4Rec {
         let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
-        let scores = y.matmul(&o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        let scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
         let spec = seqrec_kernels::loss::LossSpec {
             kind: kernel_kind(&cfg.loss),
             act: self.shape.final_act.kernel_act(),
@@ -542,8 +552,7 @@ impl Gru4Rec {
             }
         }
         let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
-        let d_o = d_scores.t()?.matmul(&y)?;
-        let d_y = d_scores.matmul(&o)?;
+        let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
         let mut out = Vec::new();
         let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, &mut out)?;
         match self.shape.input() {
@@ -570,7 +579,7 @@ impl Gru4Rec {
     /// Ids outside `1..n_ids` or a tensor error.
     pub fn score_all(&self, inputs: &[u32], state: &mut [Tensor]) -> Result<Tensor> {
         let h = self.step_state(inputs, state)?;
-        Ok(h.matmul(&self.wy.t()?)?.broadcast_add(&self.by.t()?)?)
+        Ok(mm(&h, &self.wy.t()?)?.broadcast_add(&self.by.t()?)?)
     }
 
     /// Feeds `inputs` without scoring (state only).

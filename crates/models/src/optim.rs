@@ -38,6 +38,9 @@ pub struct Optimizer {
     weight_decay: f32,
     step: u64,
     states: BTreeMap<String, Tensor>,
+    /// The row groups of the last sparse update (the output table and its
+    /// bias share their ids every step: grouped once).
+    last_groups: Option<(Vec<u32>, RowGroups)>,
 }
 
 impl Optimizer {
@@ -48,7 +51,16 @@ impl Optimizer {
     pub fn new(kind: OptimizerKind, lr: f32, momentum: f32) -> Result<Self> {
         Self::check_settings(lr, momentum)?;
         let weight_decay = if kind == OptimizerKind::AdamW { 0.01 } else { 0.0 };
-        Ok(Optimizer { kind, lr, momentum, beta1: 0.9, weight_decay, step: 0, states: BTreeMap::new() })
+        Ok(Optimizer {
+            kind,
+            lr,
+            momentum,
+            beta1: 0.9,
+            weight_decay,
+            step: 0,
+            states: BTreeMap::new(),
+            last_groups: None,
+        })
     }
 
     /// Sets AdamW's decoupled weight decay (ignored by the other kinds).
@@ -153,8 +165,14 @@ impl Optimizer {
             )));
         }
         let state = self.state(name, param, true)?;
-        let groups = RowGroups::new(ids);
-        Ok(sparse_step(self.rule(), param, &state, &grad.contiguous()?, &groups)?)
+        let rule = self.rule();
+        let groups = match self.last_groups.take() {
+            Some((last, groups)) if last == ids => (last, groups),
+            _ => (ids.to_vec(), RowGroups::new(ids)),
+        };
+        let done = sparse_step(rule, param, &state, &grad.contiguous()?, &groups.1);
+        self.last_groups = Some(groups);
+        Ok(done?)
     }
 
     /// Nadam's dense step, as tensor ops (the state is `[m ‖ v]` like Adam's).
