@@ -5,10 +5,12 @@
 //! - [`optim`]: Adagrad-with-momentum and Adam updates, dense and sparse
 //!   (only the touched rows of an embedding or output table, repeated row ids
 //!   summed first), as in-place candle ops.
+//! - [`act`]: σ and tanh on the CPU without libm's scalar calls.
 //! - [`loss`]: GRU4Rec's sampled-output losses fused into one op (forward and gradient).
 //! - [`lstm`]: a whole LSTM sequence as one op, forward and backward by hand.
 //! - [`matmul`]: CPU matrix products whose thread count follows their size.
 
+pub mod act;
 pub mod loss;
 pub mod lstm;
 pub mod matmul;

@@ -34,14 +34,7 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]
     Ok(&v[a..b])
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-fn tanh(x: f32) -> f32 {
-    // 1 − 2/(e^{2x} + 1): exact limits at ±∞, absolute error ~1e-7.
-    1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
-}
+use crate::act::{sigmoid_f32 as sigmoid, tanh_f32 as tanh};
 
 /// `a` (`m × k`, row-major) times the tensor `b` (`k × n`).
 fn matmul(a: &[f32], m: usize, k: usize, b: &Tensor) -> Result<Vec<f32>> {

@@ -36,13 +36,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
-use seqrec_kernels::matmul::{matmul as mm, matmul_pair};
+use seqrec_kernels::act::{sigmoid, tanh};
+use seqrec_kernels::matmul::{gather_rows, matmul as mm, matmul_pair};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::loss::{kernel_kind, Loss};
 use crate::next_item::SessionScorer;
-use crate::nn::{dropout_mask, sigmoid};
+use crate::nn::dropout_mask;
 use crate::optim::Optimizer;
 
 /// Activation applied to the sampled training scores before the loss.
@@ -334,11 +335,11 @@ impl Gru4Rec {
         self.layers.iter().map(|l| Ok(Tensor::zeros((rows, l.size), DType::F32, &self.device)?)).collect()
     }
 
-    fn ids(&self, ids: &[u32]) -> Result<Tensor> {
-        if let Some(&bad) = ids.iter().find(|&&x| x == 0 || x as usize >= self.n_ids) {
-            return Err(ModelError::Invalid(format!("GRU4Rec: item id {bad}, expected 1..{}", self.n_ids)));
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&x| x == 0 || x as usize >= self.n_ids) {
+            Some(&bad) => Err(ModelError::Invalid(format!("GRU4Rec: item id {bad}, expected 1..{}", self.n_ids))),
+            None => Ok(()),
         }
-        Ok(Tensor::from_slice(ids, ids.len(), &self.device)?)
     }
 
     /// Runs the layers on the input representation `x0` (gathered rows),
@@ -382,12 +383,12 @@ impl Gru4Rec {
                 // reset after the product: rh holds h·Uc + b'
                 Some(bhn) => {
                     let vhn = mm(&prev, &layer.wh)?.broadcast_add(bhn)?;
-                    let c = ((&r * &vhn)? + vx.narrow(1, 0, h)?)?.tanh()?;
+                    let c = tanh(&((&r * &vhn)? + vx.narrow(1, 0, h)?)?)?;
                     (vhn, c)
                 }
                 None => {
                     let rh = (&r * &prev)?;
-                    let c = (mm(&rh, &layer.wh)? + vx.narrow(1, 0, h)?)?.tanh()?;
+                    let c = tanh(&(mm(&rh, &layer.wh)? + vx.narrow(1, 0, h)?)?)?;
                     (rh, c)
                 }
             };
@@ -519,17 +520,17 @@ impl Gru4Rec {
         let mut out_ids = Vec::with_capacity(rows + batch.samples.len());
         out_ids.extend_from_slice(batch.targets);
         out_ids.extend_from_slice(batch.samples);
-        let in_t = self.ids(batch.inputs)?;
-        let out_t = self.ids(&out_ids)?;
+        self.check_ids(batch.inputs)?;
+        self.check_ids(&out_ids)?;
         let n_out = out_ids.len();
         // The gathered input rows are an autograd leaf: their gradient has the batch's size.
         let input_table = match self.shape.input() {
             Input::Constrained => &self.wy,
             _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
         };
-        let x0 = input_table.index_select(&in_t, 0)?;
-        let o = self.wy.index_select(&out_t, 0)?;
-        let bias = self.by.index_select(&out_t, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let x0 = gather_rows(input_table, batch.inputs)?;
+        let o = gather_rows(&self.wy, &out_ids)?;
+        let bias = gather_rows(&self.by, &out_ids)?.flatten_all()?.to_vec1::<f32>()?;
         let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
@@ -592,12 +593,12 @@ impl Gru4Rec {
 
     /// Feeds `inputs` without scoring; returns the last layer's output.
     fn step_state(&self, inputs: &[u32], state: &mut [Tensor]) -> Result<Tensor> {
-        let ids = self.ids(inputs)?;
+        self.check_ids(inputs)?;
         let table = match self.shape.input() {
             Input::Constrained => &self.wy,
             _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
         };
-        let x0 = table.index_select(&ids, 0)?;
+        let x0 = gather_rows(table, inputs)?;
         self.layers_forward(&x0, state, None)
     }
 

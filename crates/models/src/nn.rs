@@ -269,9 +269,9 @@ pub fn rows_of(v: &Tensor, rows: usize) -> Result<Tensor> {
     Ok(ones.matmul(&v.reshape((1, c))?)?)
 }
 
-/// σ(x) through tanh (finite for any finite x).
+/// σ(x) (`seqrec_kernels::act::sigmoid`: vectorised on the CPU; finite for any finite x).
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    Ok(x.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)?)
+    Ok(seqrec_kernels::act::sigmoid(x)?)
 }
 
 /// softplus(x) = log(1 + eˣ), computed as `relu(x) + log(1 + e^−|x|)`.
