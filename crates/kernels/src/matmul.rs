@@ -5,14 +5,15 @@
 //! GRU4Rec's sizes (`[32, 100] · [100, 2,080]`) the split costs more than it
 //! saves: on two cores a training epoch of the setting (a) ran faster
 //! with one thread than with two. Here a product under [`PARALLEL_MACS`]
-//! multiply-adds runs on the calling thread, and [`matmul_pair`] runs two
-//! independent products on two threads instead. Other devices (CUDA) and
+//! multiply-adds runs on the calling thread, a larger one as one block per
+//! thread, and [`matmul_pair`] runs two independent small products on
+//! two threads. Other devices (CUDA) and
 //! other dtypes go to candle's `matmul` unchanged.
 
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 use gemm::Parallelism;
 
-/// Products with at least this many multiply-adds are split over rayon's threads.
+/// Products with at least this many multiply-adds are split in blocks, one per thread.
 pub const PARALLEL_MACS: usize = 4 << 20;
 
 /// `a · b` for 2-D tensors (`[m, k] · [k, n]`, any strides, e.g. a `.t()` view).
@@ -49,7 +50,7 @@ pub fn matmul_pair(a: &Tensor, b: &Tensor, c: &Tensor, d: &Tensor) -> Result<(Te
     Ok((matmul(a, b)?, matmul(c, d)?))
 }
 
-// The one unsafe call of the kernels: gemm takes raw pointers and strides.
+// Unsafe: gemm takes raw pointers and strides (layouts are bounds-checked first).
 #[allow(unsafe_code)]
 fn cpu_matmul(a: &Tensor, b: &Tensor, (m, k, n): (usize, usize, usize), threads: usize) -> Result<Tensor> {
     let (sa, la) = a.storage_and_layout();
@@ -101,15 +102,20 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, (m, k, n): (usize, usize, usize), threads:
             }
         };
         let at = dst.as_mut_ptr() as usize;
-        if threads > 1 && m.max(n) >= 2 {
-            // Two blocks along the longer side, one per thread.
-            if m >= n {
-                let half = m / 2;
-                rayon::join(|| part(0..half, 0..n, at), || part(half..m, 0..n, at));
-            } else {
-                let half = n / 2;
-                rayon::join(|| part(0..m, 0..half, at), || part(0..m, half..n, at));
-            }
+        let blocks = threads.min(m.max(n)).max(1);
+        if blocks > 1 {
+            // One block per thread along the longer side.
+            use rayon::prelude::*;
+            let along_rows = m >= n;
+            let len = if along_rows { m } else { n };
+            (0..blocks).into_par_iter().for_each(|b| {
+                let range = b * len / blocks..(b + 1) * len / blocks;
+                if along_rows {
+                    part(range, 0..n, at);
+                } else {
+                    part(0..m, range, at);
+                }
+            });
         } else {
             part(0..m, 0..n, at);
         }
@@ -196,7 +202,7 @@ mod tests {
         let b = table(5, 9, 2);
         let want = naive(&a, &b);
         close(&matmul(&a, &b).unwrap(), &want);
-        for threads in [1, 2] {
+        for threads in [1, 2, 3] {
             close(&cpu_matmul(&a, &b, (7, 5, 9), threads).unwrap(), &want);
         }
         // Transposed views and a narrowed (offset) operand.
