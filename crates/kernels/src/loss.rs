@@ -98,7 +98,7 @@ impl Act {
                 (a * (e - 1.0), a * e)
             }
             Act::Tanh => {
-                let t = x.tanh();
+                let t = crate::act::tanh_f32(x);
                 (t, 1.0 - t * t)
             }
             act => {

@@ -181,24 +181,30 @@ pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], wid
     rows.par_chunks_mut(chunk).enumerate().for_each(|(c, rows)| {
         let mut sum = vec![0f32; width];
         for (k, row) in rows.iter_mut().enumerate() {
-            let g = c * chunk + k;
-            let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
-            let first = sources[0] as usize * width;
+            let summed = group_gradient(groups, c * chunk + k, grad, width, &mut sum);
             let (a, b) = row.split_at_mut(width);
-            if sources.len() == 1 {
-                update_state(rule, a, b, &grad[first..first + width]);
-                continue;
-            }
-            sum.copy_from_slice(&grad[first..first + width]);
-            for &s in &sources[1..] {
-                let s = s as usize * width;
-                for (acc, &x) in sum.iter_mut().zip(&grad[s..s + width]) {
-                    *acc += x;
-                }
-            }
-            update_state(rule, a, b, &sum);
+            update_state(rule, a, b, summed);
         }
     });
+}
+
+/// The gradient of group `g` (row `groups.rows[g]`): its one gradient row as
+/// is, or its gradient rows summed in order into `sum`.
+#[inline]
+fn group_gradient<'a>(groups: &RowGroups, g: usize, grad: &'a [f32], width: usize, sum: &'a mut [f32]) -> &'a [f32] {
+    let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
+    let first = sources[0] as usize * width;
+    if sources.len() == 1 {
+        return &grad[first..first + width];
+    }
+    sum.copy_from_slice(&grad[first..first + width]);
+    for &s in &sources[1..] {
+        let s = s as usize * width;
+        for (acc, &x) in sum.iter_mut().zip(&grad[s..s + width]) {
+            *acc += x;
+        }
+    }
+    sum
 }
 
 /// CPU reference of a sparse parameter step over the rows of `groups`.
@@ -466,21 +472,7 @@ pub fn sparse_fused_cpu(
                 prefetch(p_ahead);
             }
             let (srow, prow) = &mut rows[k];
-            let g = c * chunk + k;
-            let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
-            let first = sources[0] as usize * width;
-            let summed: &[f32] = if sources.len() == 1 {
-                &grad[first..first + width]
-            } else {
-                sum.copy_from_slice(&grad[first..first + width]);
-                for &s in &sources[1..] {
-                    let s = s as usize * width;
-                    for (acc, &x) in sum.iter_mut().zip(&grad[s..s + width]) {
-                        *acc += x;
-                    }
-                }
-                &sum
-            };
+            let summed = group_gradient(groups, c * chunk + k, grad, width, &mut sum);
             let (a, b) = srow.split_at_mut(width);
             update_state(rule, a, b, summed);
             apply_step(rule, prow, a, b);
