@@ -50,7 +50,8 @@ pub struct KtArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "configs/question-mean-synth-kt.toml,configs/ncf-synth-kt.toml,configs/rrncf-synth-kt.toml"
+        default_value = "configs/question-mean-synth-kt.toml,configs/ncf-synth-kt.toml,configs/ncf-gmf-synth-kt.toml,\
+                         configs/ncf-mlp-synth-kt.toml,configs/ncf-pretrained-synth-kt.toml,configs/rrncf-synth-kt.toml"
     )]
     configs: Vec<PathBuf>,
     /// Recipes of the synthetic set, each with its own split (e.g. also
@@ -226,7 +227,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
 /// 10% before validation) and the folder its prepared dataset goes to.
 fn riiid_input(work: &Path, rows: u64, seed: u64) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    let input = work.join(format!("riiid-{rows}-seed{seed}.parquet"));
+    let gen = seqrec_data::synth::kt::KtConfig { seed, ..Default::default() };
+    let input = work.join(format!("riiid-{rows}-seed{seed}-{}.parquet", config_tag(&gen)?));
     if !input.exists() {
         let t = Instant::now();
         seqrec_data::synth::kt::write_riiid_parquet(&input, rows, seed)
@@ -240,6 +242,14 @@ fn riiid_input(work: &Path, rows: u64, seed: u64) -> Result<(PathBuf, PathBuf)> 
     );
     std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
     Ok((recipe, work.join(format!("prepared-{rows}"))))
+}
+
+/// Eight hex digits of a hash (FNV-1a) of a generator configuration's JSON,
+/// for the names of cached generated data.
+fn config_tag<T: serde::Serialize>(config: &T) -> Result<String> {
+    let json = serde_json::to_string(config).context("serialising a generator config")?;
+    let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    Ok(format!("{:08x}", hash >> 32))
 }
 
 /// `seqrec data prepare RECIPE --out OUT --json` as a child process; its summary.
@@ -625,6 +635,15 @@ fn kt_config(a: &KtArgs, path: &Path, epochs: Option<usize>, truth: Option<&Path
         if table.get("model").and_then(|m| m.as_str()) == Some("question-mean") {
             extra.clear();
         }
+        // NeuMF pre-trained from `runs/<config stem>`: use this bench's run of that config.
+        for key in ["pretrained_gmf", "pretrained_mlp"] {
+            if let Some(run) = table.get(key).and_then(|v| v.as_str()) {
+                let stem = Path::new(run).file_name().and_then(|n| n.to_str()).unwrap_or(run);
+                let recipe = tag.strip_suffix(tag_stem(path).as_str()).unwrap_or(tag);
+                let here = a.work.join(format!("kt-run-{recipe}{stem}"));
+                extra.insert(key.into(), toml::Value::String(here.display().to_string()));
+            }
+        }
         match truth {
             Some(t) => {
                 extra.insert("truth".into(), toml::Value::String(t.display().to_string()));
@@ -643,6 +662,11 @@ fn kt_config(a: &KtArgs, path: &Path, epochs: Option<usize>, truth: Option<&Path
     let out = a.work.join(format!("kt-{tag}.toml"));
     std::fs::write(&out, toml::to_string(&table)?).with_context(|| format!("writing {}", out.display()))?;
     Ok(out)
+}
+
+/// The file stem of a config path (the tail of its bench tag).
+fn tag_stem(path: &Path) -> String {
+    path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned()
 }
 
 fn kt_row(v: &Value, dataset: &str, config: &Path, quick: bool) -> Value {
@@ -677,11 +701,20 @@ fn kt(a: KtArgs) -> Result<()> {
     std::fs::create_dir_all(&a.work).with_context(|| format!("creating {}", a.work.display()))?;
     let mut gen = seqrec_data::synth::kt::KtConfig { seed: a.seed, ..Default::default() };
     gen.n_learners = a.learners.unwrap_or(if a.quick { 400 } else { gen.n_learners });
-    let raw = a.work.join(format!("kt-synth-{}-seed{}", gen.n_learners, a.seed));
+    // The tag names the generator's parameters: data cached from other defaults is never reused.
+    let raw = a.work.join(format!("kt-synth-{}-seed{}-{}", gen.n_learners, a.seed, config_tag(&gen)?));
     if !raw.join("truth.csv").exists() {
         let data = gen.generate()?;
         data.write_riiid_csv(&raw)?;
     }
+    let oracle: Value = serde_json::from_slice(&std::fs::read(raw.join("oracle.json"))?)?;
+    eprintln!(
+        "generator: oracle test AUC {:.4}, static oracle (knowledge held at each learner's mean) {:.4}, \
+         question mean {:.4} on its last-fraction test answers",
+        oracle["auc_test"].as_f64().unwrap_or(f64::NAN),
+        oracle["static_auc_test"].as_f64().unwrap_or(f64::NAN),
+        oracle["baseline_question_mean_auc_test"].as_f64().unwrap_or(f64::NAN)
+    );
     let epochs = if a.quick { Some(1) } else { a.epochs };
     let mut rows = Vec::new();
     for recipe_path in &a.recipes {
@@ -711,17 +744,14 @@ fn kt(a: KtArgs) -> Result<()> {
         rows.push(kt_row(&v, &format!("riiid-synthetic-{rows_scale} (streamed)"), &a.scale_config, a.quick));
     }
     println!(
-        "{:<20} {:<64} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
-        "model", "dataset", "AUC", "oracle", "ratio", "logloss", "events/s", "RSS MiB", "used", "epochs"
+        "{:<24} {:<64} {:>7} {:>7} {:>7} {:>8} {:>10} {:>9} {:>6} {:>8}",
+        "config", "dataset", "AUC", "oracle", "ratio", "logloss", "events/s", "RSS MiB", "used", "epochs"
     );
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "{:<20} {:<64} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
-            match (r["model"].as_str().unwrap_or(""), r["head"].as_str()) {
-                (m @ ("ncf" | "rrncf"), Some(h)) => format!("{m} {h}"),
-                (m, _) => m.to_owned(),
-            },
+            "{:<24} {:<64} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
+            Path::new(r["config"].as_str().unwrap_or("")).file_stem().and_then(|s| s.to_str()).unwrap_or(""),
             r["dataset"].as_str().unwrap_or(""),
             f("auc"),
             f("oracle_auc"),

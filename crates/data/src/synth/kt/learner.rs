@@ -65,6 +65,11 @@ pub struct KtRows {
     pub prior_explanation: Vec<i8>,
     /// The generator's probability of a correct answer; NaN on lectures.
     pub p_correct: Vec<f32>,
+    /// The knowledge part of the answer's logit before the discrimination
+    /// factor, `mean_{g ∈ tags} k_g` at answer time; NaN on lectures. With
+    /// it the oracle report holds a learner's knowledge fixed (the static
+    /// oracle).
+    pub knowledge: Vec<f32>,
 }
 
 impl PartialEq for KtRows {
@@ -80,6 +85,7 @@ impl PartialEq for KtRows {
             && self.prior_explanation == other.prior_explanation
             && bits(&self.prior_elapsed) == bits(&other.prior_elapsed)
             && bits(&self.p_correct) == bits(&other.p_correct)
+            && bits(&self.knowledge) == bits(&other.knowledge)
     }
 }
 
@@ -110,7 +116,8 @@ impl KtRows {
         self.answered_correctly.extend_from_slice(&other.answered_correctly[range.clone()]);
         self.prior_elapsed.extend_from_slice(&other.prior_elapsed[range.clone()]);
         self.prior_explanation.extend_from_slice(&other.prior_explanation[range.clone()]);
-        self.p_correct.extend_from_slice(&other.p_correct[range]);
+        self.p_correct.extend_from_slice(&other.p_correct[range.clone()]);
+        self.knowledge.extend_from_slice(&other.knowledge[range]);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -124,7 +131,7 @@ impl KtRows {
         answer: i8,
         correct: i8,
         prior: (f32, i8),
-        p: f32,
+        (p, knowledge): (f32, f32),
     ) {
         self.timestamp.push(t);
         self.user_id.push(user);
@@ -136,6 +143,7 @@ impl KtRows {
         self.prior_elapsed.push(prior.0);
         self.prior_explanation.push(prior.1);
         self.p_correct.push(p);
+        self.knowledge.push(knowledge);
     }
 }
 
@@ -221,7 +229,7 @@ pub fn simulate_learner(cfg: &KtConfig, content: &Content, learner: u64, out: &m
     while out.len() - start < len {
         if bundles_done > 0 && !content.lectures.is_empty() && rng.bernoulli(cfg.lecture_prob) {
             let lecture = &content.lectures[rng.below(content.lectures.len() as u64) as usize];
-            out.push(t, user, lecture.id as i32, 1, container, -1, -1, (f32::NAN, 0), f32::NAN);
+            out.push(t, user, lecture.id as i32, 1, container, -1, -1, (f32::NAN, 0), (f32::NAN, f32::NAN));
             know.learn(lecture.tag as usize, t, cfg.eta_lecture);
             t += (lognormal(&mut rng, 240.0, 0.7) * 1000.0).round() as i64;
             container += 1;
@@ -232,14 +240,25 @@ pub fn simulate_learner(cfg: &KtConfig, content: &Content, learner: u64, out: &m
         let mut answer_ms = 0i64;
         for q in bundle.clone() {
             let question = &content.questions[q as usize];
-            let skill: f64 = question.tags.iter().map(|&g| offsets[g as usize] + know.at(g as usize, t)).sum::<f64>()
-                / question.tags.len() as f64;
-            let z = question.discrimination * (theta + skill - question.difficulty);
+            let n_tags = question.tags.len() as f64;
+            let offset: f64 = question.tags.iter().map(|&g| offsets[g as usize]).sum::<f64>() / n_tags;
+            let knowledge: f64 = question.tags.iter().map(|&g| know.at(g as usize, t)).sum::<f64>() / n_tags;
+            let z = question.discrimination * (theta + offset + knowledge - question.difficulty);
             let p = cfg.guess + (1.0 - cfg.guess) / (1.0 + (-z).exp());
             let correct = rng.bernoulli(p);
             let answer =
                 if correct { question.correct_answer } else { (question.correct_answer + 1 + rng.below(3) as u8) % 4 };
-            out.push(t, user, q as i32, 0, container, answer as i8, correct as i8, prior_cols, p as f32);
+            out.push(
+                t,
+                user,
+                q as i32,
+                0,
+                container,
+                answer as i8,
+                correct as i8,
+                prior_cols,
+                (p as f32, knowledge as f32),
+            );
             answer_ms += 1000 * lognormal(&mut rng, 18.0, 0.6).round().clamp(1.0, 300.0) as i64;
         }
         for q in bundle.clone() {

@@ -39,6 +39,14 @@ pub struct KtOracleReport {
     /// non-test question rows (the overall mean for unseen questions): a
     /// difficulty-only baseline.
     pub baseline_question_mean_auc_test: Option<f64>,
+    /// AUC on the test events of the static oracle: the true probabilities
+    /// with each learner's knowledge term held at its mean over the
+    /// learner's non-test answers (0 when there are none). It knows
+    /// ability, tag offsets and question parameters but not how knowledge
+    /// moves, so `auc_test − static_auc_test` is roughly what a model gains
+    /// from the order of a learner's history over a static learner model
+    /// (NCF).
+    pub static_auc_test: Option<f64>,
     /// Number of test events.
     pub n_test: u64,
     /// Number of question rows.
@@ -88,12 +96,14 @@ impl KtData {
             base_y.push(rows.answered_correctly[i] == 1);
         }
         let m = oracle.finish();
+        let (static_p, static_y) = self.static_oracle(&test);
         KtOracleReport {
             auc_test: m.auc,
             auc_all: auc(&all_p, &all_y),
             log_loss_test: m.log_loss,
             accuracy_test: m.accuracy,
             baseline_question_mean_auc_test: auc(&base_p, &base_y),
+            static_auc_test: auc(&static_p, &static_y),
             n_test: m.n,
             n_question_rows: all_p.len() as u64,
             n_rows: rows.len() as u64,
@@ -101,6 +111,30 @@ impl KtData {
             test_rule: TEST_RULE.into(),
             config: self.config.clone(),
         }
+    }
+
+    /// The static oracle's probabilities and answers on the test events
+    /// (see [`KtOracleReport::static_auc_test`]): the logit of the true
+    /// probability moved by `a · (k̄ − k)`, `a` the question's
+    /// discrimination, `k` the row's knowledge term, `k̄` its learner's mean
+    /// over non-test answers.
+    fn static_oracle(&self, test: &[bool]) -> (Vec<f64>, Vec<bool>) {
+        let (rows, c) = (&self.rows, self.config.guess);
+        let (mut p, mut y) = (Vec::new(), Vec::new());
+        for w in self.learner_offsets.windows(2) {
+            let learner = w[0]..w[1];
+            let train = learner.clone().filter(|&i| rows.content_type_id[i] == 0 && !test[i]);
+            let (sum, n) = train.fold((0.0, 0usize), |(s, n), i| (s + rows.knowledge[i] as f64, n + 1));
+            let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+            for i in learner.filter(|&i| test[i]) {
+                let a = self.content.questions[rows.content_id[i] as usize].discrimination;
+                let s = ((rows.p_correct[i] as f64 - c) / (1.0 - c)).clamp(1e-12, 1.0 - 1e-12);
+                let z = (s / (1.0 - s)).ln() + a * (mean - rows.knowledge[i] as f64);
+                p.push(c + (1.0 - c) / (1.0 + (-z).exp()));
+                y.push(rows.answered_correctly[i] == 1);
+            }
+        }
+        (p, y)
     }
 
     /// Writes `train.csv`, `questions.csv`, `lectures.csv`, `truth.csv` and
