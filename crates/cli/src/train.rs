@@ -54,6 +54,9 @@ pub struct EvaluateArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Knowledge-tracing runs: read the event files one at a time.
+    #[arg(long)]
+    stream: bool,
 }
 
 /// `seqrec recommend`.
@@ -204,7 +207,10 @@ fn run_train_next_item(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<(
 fn run_train_kt(a: &TrainArgs, config: &Path) -> Result<()> {
     use seqrec_train::kt::{train_kt, KtConfig, KtOptions};
     if a.resume || a.init_from.is_some() {
-        bail!("--resume and --init-from are not available for knowledge-tracing models yet; train anew");
+        bail!(
+            "--resume and --init-from are not available for knowledge-tracing models yet; train anew \
+             (`seqrec evaluate --run DIR` scores a finished run's kept weights)"
+        );
     }
     let cfg = KtConfig::load(config)?;
     let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
@@ -221,22 +227,9 @@ fn run_train_kt(a: &TrainArgs, config: &Path) -> Result<()> {
         "{} ({}): {} epochs ({:.1} s/epoch, {:.0} events/s), kept epoch {}; training answers used {:.4}",
         o.model, o.head, o.epochs, o.seconds_per_epoch, o.events_per_s, o.best_epoch, o.fraction_used_train
     );
-    let show = |label: &str, m: &Option<seqrec_train::kt::KtPartMetrics>| {
-        if let Some(m) = m {
-            let f = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.4}"));
-            println!(
-                "{label}: AUC {}  log-loss {}  accuracy {}  ({} answers, fraction used {:.4})",
-                f(m.metrics.auc),
-                f(m.metrics.log_loss),
-                f(m.metrics.accuracy),
-                m.metrics.n,
-                m.fraction_used
-            );
-        }
-    };
-    show("valid", &o.valid);
-    show("test", &o.test);
-    show("question-mean test", &o.question_mean_test);
+    print_kt_metrics("valid", &o.valid);
+    print_kt_metrics("test", &o.test);
+    print_kt_metrics("question-mean test", &o.question_mean_test);
     if let Some(auc) = o.oracle_test_auc {
         println!(
             "oracle test AUC {auc:.4} (model / oracle {:.4})",
@@ -271,6 +264,21 @@ fn print_metrics(label: &str, m: &seqrec_eval::RankingMetrics) {
 
 pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
     let part = parse_part(&a.part)?;
+    let config = a.run.join("config.toml");
+    let model = if config.exists() { seqrec_train::config::config_model(&config)? } else { "gru4rec".into() };
+    if seqrec_train::kt::KT_MODELS.contains(&model.as_str()) {
+        return run_evaluate_kt(&a, part);
+    }
+    if model != "gru4rec" {
+        bail!(
+            "{}: `seqrec evaluate` reads GRU4Rec and knowledge-tracing runs; this run's model is `{model}`, whose \
+             validation and test metrics `seqrec train` wrote to results.json",
+            a.run.display()
+        );
+    }
+    if a.stream {
+        bail!("--stream: only knowledge-tracing runs evaluate from streamed event files");
+    }
     let loaded = load_run(&a.run, &candle_core::Device::Cpu)?;
     let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
     let m = evaluate_run(&loaded, &data, part)?;
@@ -280,6 +288,42 @@ pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
         print_metrics(&a.part, &m);
     }
     Ok(())
+}
+
+fn run_evaluate_kt(a: &EvaluateArgs, part: Part) -> Result<()> {
+    use seqrec_train::kt::{evaluate_kt_run, KtOptions};
+    let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
+    let opts = KtOptions { device: candle_core::Device::Cpu, progress: false, stream: a.stream };
+    let e = evaluate_kt_run(&a.run, &data, &opts).with_context(|| format!("evaluating {}", a.run.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(());
+    }
+    println!("{} ({}) from {} on {}", e.model, e.head, e.run_dir.display(), e.dataset);
+    let (label, m) = if part == Part::Test { ("test", &e.test) } else { ("valid", &e.valid) };
+    print_kt_metrics(label, m);
+    if part == Part::Test {
+        print_kt_metrics("question-mean test", &e.question_mean_test);
+        if let Some(auc) = e.oracle_test_auc {
+            println!("oracle test AUC {auc:.4}");
+        }
+    }
+    Ok(())
+}
+
+/// One line of knowledge-tracing metrics.
+fn print_kt_metrics(label: &str, m: &Option<seqrec_train::kt::KtPartMetrics>) {
+    if let Some(m) = m {
+        let f = |x: Option<f64>| x.map_or("-".to_owned(), |v| format!("{v:.4}"));
+        println!(
+            "{label}: AUC {}  log-loss {}  accuracy {}  ({} answers, fraction used {:.4})",
+            f(m.metrics.auc),
+            f(m.metrics.log_loss),
+            f(m.metrics.accuracy),
+            m.metrics.n,
+            m.fraction_used
+        );
+    }
 }
 
 /// Raw string of row `i` of a key column.

@@ -687,6 +687,112 @@ fn evaluate(
     Ok(ev)
 }
 
+/// The generator's `truth.csv` at `path`, checked to have one row per
+/// question of the unfiltered `data` (`events` rows, `questions` of them
+/// questions).
+fn aligned_truth(path: Option<&Path>, data: &Dataset, events: usize, questions: usize) -> Result<Option<Vec<f32>>> {
+    let Some(path) = path else { return Ok(None) };
+    let t = read_truth(path)?;
+    if data.meta.rows_read != events || t.len() != questions {
+        return Err(TrainError::Invalid(format!(
+            "{}: {} question rows do not align with the dataset's {questions} questions ({} rows read, {events} \
+             kept): the oracle needs the unfiltered dataset generated with this truth",
+            path.display(),
+            t.len(),
+            data.meta.rows_read,
+        )));
+    }
+    Ok(Some(t))
+}
+
+/// What `seqrec evaluate` reports for a knowledge-tracing run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KtEvaluation {
+    /// Model name.
+    pub model: String,
+    /// NCF head.
+    pub head: String,
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// The dataset evaluated on.
+    pub dataset: String,
+    /// Validation metrics of the run's kept weights.
+    pub valid: Option<KtPartMetrics>,
+    /// Test metrics of the run's kept weights.
+    pub test: Option<KtPartMetrics>,
+    /// The per-question difficulty baseline (fitted on this dataset's
+    /// training part) on the same test answers.
+    pub question_mean_test: Option<KtPartMetrics>,
+    /// The generator's AUC on the scored test answers (when the run's
+    /// config names a `truth` file).
+    pub oracle_test_auc: Option<f64>,
+}
+
+/// Scores the kept weights (`best.safetensors`) of the knowledge-tracing
+/// run in `dir` on the validation and test parts of `data`, which must be
+/// prepared from the same input files as the run's dataset (its split may
+/// differ): learner and question ids are only meaningful there.
+///
+/// # Errors
+/// Not a knowledge-tracing run directory, a dataset from other input files,
+/// weights of another shape, a misaligned `truth` file, I/O.
+pub fn evaluate_kt_run(dir: &Path, data: &Dataset, opts: &KtOptions) -> Result<KtEvaluation> {
+    seqrec_models::gru4rec::pin_thread_count();
+    let run = RunDir::open(dir)?;
+    let cfg = KtConfig::load(&run.path("config.toml"))?;
+    let info: RunInfo = run.read_json("run.json")?;
+    if info.input_hash != data.meta.input_hash {
+        return Err(TrainError::Invalid(format!(
+            "{}: the run was trained on dataset `{}` (input hash {}); {} was prepared from other input files \
+             (input hash {}), expected the same input files (any split)",
+            dir.display(),
+            info.dataset_name,
+            info.input_hash,
+            data.dir.display(),
+            data.meta.input_hash
+        )));
+    }
+    let shards = if opts.stream { Shards::Files(data) } else { Shards::Memory(data) };
+    let inputs = KtInputs::of(data)?;
+    let mut baseline = QuestionMean::new(inputs.n_questions);
+    let (mut events, mut questions) = (0usize, 0usize);
+    shards.for_each(|_, store, parts| {
+        if store.labels.is_none() {
+            return Err(TrainError::Invalid(format!(
+                "{}: the dataset has no answered-correctly labels",
+                data.dir.display()
+            )));
+        }
+        baseline.fit(store, parts);
+        events += store.n_events();
+        questions += (0..store.n_events()).filter(|&e| !is_lecture(store, e)).count();
+        Ok(())
+    })?;
+    let truth = aligned_truth(cfg.truth.as_deref(), data, events, questions)?;
+    let trainer = if cfg.model == "question-mean" {
+        None
+    } else {
+        let mut tr = KtTrainer::new(&cfg, &inputs, &opts.device)?;
+        let kept = run.load_tensors("best.safetensors", &opts.device)?;
+        tr.model_mut().params_mut().load(&kept).map_err(|e| {
+            TrainError::Invalid(format!("{}: {e} (config {})", run.path("best.safetensors").display(), cfg.model))
+        })?;
+        Some(tr)
+    };
+    let ev =
+        evaluate(trainer.as_ref(), &shards, &[Part::Valid, Part::Test], &inputs.tags, &baseline, truth.as_deref())?;
+    Ok(KtEvaluation {
+        model: cfg.model.clone(),
+        head: cfg.head.clone(),
+        run_dir: dir.to_path_buf(),
+        dataset: data.meta.name.clone(),
+        valid: ev.valid.finish(),
+        test: ev.test.finish(),
+        question_mean_test: ev.baseline_test.finish(),
+        oracle_test_auc: ev.oracle_test.finish().and_then(|o| o.metrics.auc),
+    })
+}
+
 /// Trains the configured model on `data` into `run`, keeps the weights of
 /// the best validation AUC and scores them on the test part.
 ///
@@ -724,22 +830,7 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
     if train_answers == 0 {
         return Err(TrainError::Invalid(format!("{}: no answered questions in the training part", data.dir.display())));
     }
-    let truth = match &cfg.truth {
-        Some(path) => {
-            let t = read_truth(path)?;
-            if data.meta.rows_read != events || t.len() != questions {
-                return Err(TrainError::Invalid(format!(
-                    "{}: {} question rows do not align with the dataset's {questions} questions ({} rows read, {events} \
-                     kept): the oracle needs the unfiltered dataset generated with this truth",
-                    path.display(),
-                    t.len(),
-                    data.meta.rows_read,
-                )));
-            }
-            Some(t)
-        }
-        None => None,
-    };
+    let truth = aligned_truth(cfg.truth.as_deref(), data, events, questions)?;
     run.write_json(
         "run.json",
         &RunInfo {

@@ -259,3 +259,41 @@ fn bad_settings_and_inputs_are_named() {
         .to_string();
     assert!(e.contains("broken.csv:3"), "{e}");
 }
+
+/// `seqrec evaluate` on a finished run: the kept weights score exactly what
+/// training reported (model, baseline and oracle on the same answers); a
+/// dataset prepared from other files, a run of another shape and a folder
+/// that is no run are errors naming what is wrong.
+#[test]
+fn evaluating_a_run_reproduces_its_results_and_refuses_other_data() {
+    use seqrec_train::kt::evaluate_kt_run;
+    let dir = scratch("evaluate");
+    let gen = GenConfig { n_learners: 60, n_questions: 200, n_lectures: 10, seed: 8, ..GenConfig::default() };
+    let data = dataset(&dir, &gen);
+    let truth = dir.join("raw").join("truth.csv");
+    let rr = format!("model = \"rrncf\"\nn_epochs = 2\ntruth = \"{}\"\n{SMALL}", truth.display());
+    let trained = run(&config(&rr), &data, &dir.join("rrncf"), false);
+    let opts = KtOptions::default();
+    let e = evaluate_kt_run(&dir.join("rrncf"), &data, &opts).unwrap();
+    assert_eq!(e.test, trained.test);
+    assert_eq!(e.valid, trained.valid);
+    assert_eq!(e.question_mean_test, trained.question_mean_test);
+    assert_eq!(e.oracle_test_auc, trained.oracle_test_auc);
+    assert!(e.test.as_ref().unwrap().metrics.n > 0);
+    let streamed = evaluate_kt_run(&dir.join("rrncf"), &data, &KtOptions { stream: true, ..opts.clone() }).unwrap();
+    assert_eq!(streamed.test, e.test);
+
+    // Another generated set (other files): refused, naming both datasets' hashes.
+    let other_dir = dir.join("other");
+    let other = dataset(&other_dir, &GenConfig { seed: 9, ..gen.clone() });
+    let err = evaluate_kt_run(&dir.join("rrncf"), &other, &opts).unwrap_err().to_string();
+    assert!(err.contains("other input files") && err.contains(&other.meta.input_hash), "{err}");
+    // Weights of another shape under the run's config: named by the loader.
+    let ncf = run(&config(&format!("model = \"ncf\"\nn_epochs = 1\n{SMALL}")), &data, &dir.join("ncf"), false);
+    assert!(ncf.test.is_some());
+    std::fs::copy(dir.join("ncf").join("best.safetensors"), dir.join("rrncf").join("best.safetensors")).unwrap();
+    let err = evaluate_kt_run(&dir.join("rrncf"), &data, &opts).unwrap_err().to_string();
+    assert!(err.contains("checkpoint has") && err.contains("best.safetensors"), "{err}");
+    let err = evaluate_kt_run(&dir.join("raw"), &data, &opts).unwrap_err().to_string();
+    assert!(err.contains("not a run directory"), "{err}");
+}
