@@ -80,7 +80,10 @@ pub struct RecommendArgs {
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
-    if let Some(path) = &a.config {
+    // `--resume` without `--config`: the run's own config says which trainer.
+    let own = a.run.join("config.toml");
+    let which = a.config.clone().or_else(|| (a.resume && own.exists()).then_some(own));
+    if let Some(path) = &which {
         if seqrec_train::kt::KT_MODELS.contains(&seqrec_train::config::config_model(path)?.as_str()) {
             return run_train_kt(&a, path);
         }
@@ -206,16 +209,24 @@ fn run_train_next_item(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<(
 
 fn run_train_kt(a: &TrainArgs, config: &Path) -> Result<()> {
     use seqrec_train::kt::{train_kt, KtConfig, KtOptions};
-    if a.resume || a.init_from.is_some() {
-        bail!(
-            "--resume and --init-from are not available for knowledge-tracing models yet; train anew \
-             (`seqrec evaluate --run DIR` scores a finished run's kept weights)"
-        );
+    if a.init_from.is_some() {
+        bail!("--init-from is not available for knowledge-tracing models (NeuMF takes `pretrained_gmf` / `pretrained_mlp`)");
     }
-    let cfg = KtConfig::load(config)?;
+    let (cfg, run) = if a.resume {
+        let run = RunDir::open(&a.run)?;
+        let cfg = KtConfig::load(&run.path("config.toml"))?;
+        if KtConfig::load(config)? != cfg {
+            bail!(
+                "--resume: {} differs from the run's config.toml; resume uses the run's own config",
+                config.display()
+            );
+        }
+        (cfg, run)
+    } else {
+        (KtConfig::load(config)?, RunDir::create(&a.run)?)
+    };
     let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
-    let run = RunDir::create(&a.run)?;
-    let opts = KtOptions { device: candle_core::Device::Cpu, progress: !a.json, stream: a.stream };
+    let opts = KtOptions { device: candle_core::Device::Cpu, progress: !a.json, stream: a.stream, resume: a.resume };
     let o = train_kt(&cfg, &data, &run, &opts).with_context(|| format!("training on {}", a.data.display()))?;
     if a.json {
         let mut v = serde_json::to_value(&o)?;
@@ -293,7 +304,7 @@ pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
 fn run_evaluate_kt(a: &EvaluateArgs, part: Part) -> Result<()> {
     use seqrec_train::kt::{evaluate_kt_run, KtOptions};
     let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
-    let opts = KtOptions { device: candle_core::Device::Cpu, progress: false, stream: a.stream };
+    let opts = KtOptions { stream: a.stream, ..KtOptions::default() };
     let e = evaluate_kt_run(&a.run, &data, &opts).with_context(|| format!("evaluating {}", a.run.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);

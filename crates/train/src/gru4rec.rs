@@ -185,7 +185,7 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
         TrainerState { epochs_done: 0, steps: 0, samples_served: 0, best: None, bad_epochs: 0, stopped: false };
     if opts.resume {
         let saved: RunInfo = run.read_json("run.json")?;
-        check_same_data(&saved, &info, &run.dir)?;
+        saved.check_same_data(&info, &run.dir)?;
         state = run.read_json("last.json")?;
         let tensors = run.load_tensors("last.safetensors", &opts.device)?;
         model.load_tensors(&tensors, &run.path("last.safetensors"))?;
@@ -363,22 +363,6 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
     };
     run.write_json("results.json", &outcome)?;
     Ok(outcome)
-}
-
-fn check_same_data(saved: &RunInfo, now: &RunInfo, dir: &Path) -> Result<()> {
-    if saved.n_ids != now.n_ids || saved.input_hash != now.input_hash {
-        return Err(TrainError::Invalid(format!(
-            "{}: the run was trained on dataset `{}` ({} item ids, input hash {}), not on `{}` ({} item ids, input hash {})",
-            dir.display(),
-            saved.dataset_name,
-            saved.n_ids,
-            saved.input_hash,
-            now.dataset_name,
-            now.n_ids,
-            now.input_hash
-        )));
-    }
-    Ok(())
 }
 
 /// A trained run loaded for evaluation or recommendation.

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use arrow_array::{Array, ListArray, UInt32Array};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use seqrec_data::batch::{balanced_order, Chunks, ChunksConfig, Targets};
 use seqrec_data::dataset::Dataset;
 use seqrec_data::rng::Rng;
@@ -51,7 +51,7 @@ use crate::error::{Result, TrainError};
 use crate::next_item::descend;
 use crate::progress::Progress;
 use crate::rating::side_table;
-use crate::run::{RunDir, RunInfo};
+use crate::run::{RunDir, RunInfo, TrainerState};
 
 /// The knowledge-tracing models `seqrec train` knows.
 pub const KT_MODELS: [&str; 3] = ["question-mean", "ncf", "rrncf"];
@@ -333,6 +333,42 @@ impl KtTrainer {
         &mut self.model
     }
 
+    /// The parameters and the optimiser's state (names prefixed `opt.`):
+    /// what `last.safetensors` holds for `--resume`.
+    pub fn checkpoint(&self) -> BTreeMap<String, Tensor> {
+        let mut all = self.model.params().named_tensors();
+        for (k, v) in self.opt.states().0 {
+            all.insert(format!("opt.{k}"), v.clone());
+        }
+        all
+    }
+
+    /// Optimiser steps taken (they seed each step's dropout).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Restores a [`KtTrainer::checkpoint`] taken after `steps` steps.
+    ///
+    /// # Errors
+    /// Tensors that do not fit the model (named with `source`).
+    pub fn restore(&mut self, saved: &BTreeMap<String, Tensor>, steps: u64, source: &Path) -> Result<()> {
+        let (mut params, mut opt) = (BTreeMap::new(), BTreeMap::new());
+        for (k, v) in saved {
+            match k.strip_prefix("opt.") {
+                Some(name) => opt.insert(name.to_owned(), v.clone()),
+                None => params.insert(k.clone(), v.clone()),
+            };
+        }
+        self.model
+            .params_mut()
+            .load(&params)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e} (model {})", source.display(), self.cfg.model)))?;
+        self.opt.restore(opt, steps);
+        self.steps = steps;
+        Ok(())
+    }
+
     /// Number of trainable values.
     pub fn parameters(&self) -> usize {
         self.model.params().vars().values().map(|v| v.elem_count()).sum()
@@ -545,11 +581,14 @@ pub struct KtOptions {
     /// Read the event files one at a time (memory bounded by the largest
     /// file) instead of the dataset's events held in memory.
     pub stream: bool,
+    /// Continue the run from its last completed epoch (`last.json`,
+    /// `last.safetensors`); the result is the one an uninterrupted run gives.
+    pub resume: bool,
 }
 
 impl Default for KtOptions {
     fn default() -> Self {
-        KtOptions { device: Device::Cpu, progress: false, stream: false }
+        KtOptions { device: Device::Cpu, progress: false, stream: false, resume: false }
     }
 }
 
@@ -599,7 +638,7 @@ pub struct KtOutcome {
     pub split: serde_json::Value,
     /// Run directory.
     pub run_dir: PathBuf,
-    /// Epochs trained.
+    /// Epochs completed (those of earlier sessions of a resumed run included).
     pub epochs: usize,
     /// Epoch whose weights were kept.
     pub best_epoch: usize,
@@ -615,7 +654,7 @@ pub struct KtOutcome {
     pub oracle_test_log_loss: Option<f64>,
     /// Training answers used / training answers (last epoch).
     pub fraction_used_train: f64,
-    /// Events (context included) read per second of training.
+    /// Events (context included) read per second of training (this session's epochs).
     pub events_per_s: f64,
     /// Mean seconds per training epoch.
     pub seconds_per_epoch: f64,
@@ -796,6 +835,11 @@ pub fn evaluate_kt_run(dir: &Path, data: &Dataset, opts: &KtOptions) -> Result<K
 /// Trains the configured model on `data` into `run`, keeps the weights of
 /// the best validation AUC and scores them on the test part.
 ///
+/// With [`KtOptions::resume`], `run` is an existing run of this config:
+/// training continues after its last completed epoch (the epoch order and
+/// dropout are seeded by epoch and step, so the result equals an
+/// uninterrupted run's).
+///
 /// With [`KtOptions::stream`], `data` may be opened without its events
 /// ([`Dataset::open_without_events`]): every pass reads the event files one at a time.
 ///
@@ -831,24 +875,37 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
         return Err(TrainError::Invalid(format!("{}: no answered questions in the training part", data.dir.display())));
     }
     let truth = aligned_truth(cfg.truth.as_deref(), data, events, questions)?;
-    run.write_json(
-        "run.json",
-        &RunInfo {
-            model: cfg.model.clone(),
-            dataset: data.dir.clone(),
-            dataset_name: data.meta.name.clone(),
-            input_hash: data.meta.input_hash.clone(),
-            n_ids: inputs.n_questions,
-            version: env!("CARGO_PKG_VERSION").into(),
-        },
-    )?;
-    run.write_text("config.toml", &cfg.to_toml())?;
-    run.truncate_metrics(0)?;
-    let (mut epochs, mut best_epoch, mut seconds, mut read, mut used) = (0, 0, 0f64, 0usize, train_answers);
+    let info = RunInfo {
+        model: cfg.model.clone(),
+        dataset: data.dir.clone(),
+        dataset_name: data.meta.name.clone(),
+        input_hash: data.meta.input_hash.clone(),
+        n_ids: inputs.n_questions,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut state =
+        TrainerState { epochs_done: 0, steps: 0, samples_served: 0, best: None, bad_epochs: 0, stopped: false };
+    if opts.resume {
+        let saved: RunInfo = run.read_json("run.json")?;
+        saved.check_same_data(&info, &run.dir)?;
+        if cfg.model != "question-mean" {
+            state = run.read_json("last.json")?;
+        }
+        run.truncate_metrics(state.epochs_done)?;
+        tracing::info!("resuming {} after epoch {}", run.dir.display(), state.epochs_done);
+    } else {
+        run.write_json("run.json", &info)?;
+        run.write_text("config.toml", &cfg.to_toml())?;
+        run.truncate_metrics(0)?;
+    }
+    let (mut seconds, mut read, mut used, mut trained) = (0f64, 0usize, train_answers, 0usize);
     let mut trainer = None;
     if cfg.model != "question-mean" {
         let mut tr = KtTrainer::new(cfg, &inputs, &opts.device)?;
-        if let (Some(gmf), Some(mlp)) = (&cfg.pretrained_gmf, &cfg.pretrained_mlp) {
+        if opts.resume {
+            let last = run.load_tensors("last.safetensors", &opts.device)?;
+            tr.restore(&last, state.steps, &run.path("last.safetensors"))?;
+        } else if let (Some(gmf), Some(mlp)) = (&cfg.pretrained_gmf, &cfg.pretrained_mlp) {
             let weights = |dir: &Path| RunDir::open(dir)?.load_tensors("best.safetensors", &opts.device);
             let (g, m) = (weights(gmf)?, weights(mlp)?);
             tr.model_mut()
@@ -861,9 +918,8 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
                 cfg.pretrain_alpha
             );
         }
-        let mut best: Option<f64> = None;
-        let mut bad = 0usize;
-        for epoch in 1..=cfg.n_epochs {
+        let first = if state.stopped { cfg.n_epochs + 1 } else { state.epochs_done + 1 };
+        for epoch in first..=cfg.n_epochs {
             let mut progress = Progress::new(format!("epoch {epoch}"), train_answers, opts.progress);
             let mut stats = EpochStats::default();
             let mut loss_weighted = 0f64;
@@ -877,7 +933,9 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
             })?;
             progress.finish();
             stats.loss = loss_weighted / stats.targets.max(1) as f64;
-            epochs = epoch;
+            state.epochs_done = epoch;
+            state.steps = tr.steps();
+            trained += 1;
             seconds += stats.seconds;
             read += stats.events;
             used = stats.targets;
@@ -904,26 +962,33 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
                 stats.events as f64 / stats.seconds.max(1e-9),
                 valid_auc.map(|a| format!(", valid AUC {a:.4}")).unwrap_or_default()
             );
-            run.append_metrics(&serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?)?;
-            if !validate && has_valid && cfg.validate_every > 0 {
-                continue;
-            }
-            let improved = match (valid_auc, best) {
-                (None, _) => true,
-                (Some(v), None) => v.is_finite(),
-                (Some(v), Some(b)) => v > b,
-            };
-            if improved {
-                best = valid_auc.or(best);
-                best_epoch = epoch;
-                bad = 0;
-                run.save_tensors("best.safetensors", &tr.model().params().named_tensors())?;
-            } else {
-                bad += 1;
-                if cfg.patience > 0 && bad >= cfg.patience {
-                    tracing::info!("early stopping after epoch {epoch}: no better validation AUC in {bad} epochs");
-                    break;
+            // Weights and state first, then the metrics line: an interrupted epoch is redone.
+            if validate || !has_valid || cfg.validate_every == 0 {
+                let improved = match (valid_auc, state.best) {
+                    (None, _) => true,
+                    (Some(v), None) => v.is_finite(),
+                    (Some(v), Some((b, _))) => v > b,
+                };
+                if improved {
+                    state.best = Some((valid_auc.or(state.best.map(|b| b.0)).unwrap_or(f64::NAN), epoch));
+                    state.bad_epochs = 0;
+                    run.save_tensors("best.safetensors", &tr.model().params().named_tensors())?;
+                } else {
+                    state.bad_epochs += 1;
+                    if cfg.patience > 0 && state.bad_epochs >= cfg.patience {
+                        tracing::info!(
+                            "early stopping after epoch {epoch}: no better validation AUC in {} epochs",
+                            state.bad_epochs
+                        );
+                        state.stopped = true;
+                    }
                 }
+            }
+            run.save_tensors("last.safetensors", &tr.checkpoint())?;
+            run.write_json("last.json", &state)?;
+            run.append_metrics(&serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?)?;
+            if state.stopped {
+                break;
             }
         }
         let kept = run.load_tensors("best.safetensors", &opts.device)?;
@@ -941,8 +1006,8 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
         dataset: data.meta.name.clone(),
         split: data.meta.split.clone(),
         run_dir: run.dir.clone(),
-        epochs,
-        best_epoch,
+        epochs: state.epochs_done,
+        best_epoch: state.best.map_or(0, |b| b.1),
         valid: ev.valid.finish(),
         test: ev.test.finish(),
         question_mean_test: ev.baseline_test.finish(),
@@ -950,7 +1015,7 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
         oracle_test_log_loss: oracle.as_ref().and_then(|o| o.metrics.log_loss),
         fraction_used_train: used as f64 / train_answers as f64,
         events_per_s: read as f64 / seconds.max(1e-9),
-        seconds_per_epoch: seconds / epochs.max(1) as f64,
+        seconds_per_epoch: seconds / trained.max(1) as f64,
         eval_seconds,
         events,
         questions_without_tags: inputs.questions_without_tags,

@@ -38,6 +38,29 @@ pub struct RunInfo {
     pub version: String,
 }
 
+impl RunInfo {
+    /// Checks that `now` (the dataset about to be used) is the dataset this
+    /// run was trained on: same ids and same input files.
+    ///
+    /// # Errors
+    /// [`TrainError::Invalid`] naming both datasets.
+    pub fn check_same_data(&self, now: &RunInfo, dir: &Path) -> Result<()> {
+        if self.n_ids != now.n_ids || self.input_hash != now.input_hash {
+            return Err(TrainError::Invalid(format!(
+                "{}: the run was trained on dataset `{}` ({} ids, input hash {}), not on `{}` ({} ids, input hash {})",
+                dir.display(),
+                self.dataset_name,
+                self.n_ids,
+                self.input_hash,
+                now.dataset_name,
+                now.n_ids,
+                now.input_hash
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// `last.json`: where training stands, for `--resume`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {

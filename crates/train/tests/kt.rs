@@ -297,3 +297,40 @@ fn evaluating_a_run_reproduces_its_results_and_refuses_other_data() {
     let err = evaluate_kt_run(&dir.join("raw"), &data, &opts).unwrap_err().to_string();
     assert!(err.contains("not a run directory"), "{err}");
 }
+
+/// `--resume`: one epoch, then the run continued to three gives the losses,
+/// validation AUCs, kept epoch and test metrics of three epochs in one go;
+/// resuming on another dataset is refused.
+#[test]
+fn resume_continues_a_run_exactly() {
+    let dir = scratch("resume");
+    let gen = GenConfig { n_learners: 50, n_questions: 150, n_lectures: 10, seed: 12, ..GenConfig::default() };
+    let data = dataset(&dir, &gen);
+    let cfg = |epochs: usize| config(&format!("model = \"rrncf\"\nn_epochs = {epochs}\n{SMALL}"));
+    let whole = run(&cfg(3), &data, &dir.join("whole"), false);
+    run(&cfg(1), &data, &dir.join("parts"), false);
+    let lines = |d: &str| std::fs::read_to_string(dir.join(d).join("metrics.jsonl")).unwrap();
+    assert_eq!(lines("parts").lines().count(), 1);
+    let resumed = KtOptions { resume: true, ..KtOptions::default() };
+    let parts = train_kt(&cfg(3), &data, &RunDir::open(&dir.join("parts")).unwrap(), &resumed).unwrap();
+    let losses = |d: &str| -> Vec<(f64, Option<f64>)> {
+        lines(d)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["loss"].as_f64().unwrap(), v["valid_auc"].as_f64())
+            })
+            .collect()
+    };
+    assert_eq!(losses("parts"), losses("whole"));
+    assert_eq!((parts.epochs, parts.best_epoch), (whole.epochs, whole.best_epoch));
+    assert_eq!(parts.test, whole.test);
+    // a finished run resumed again trains nothing and reports the same.
+    let again = train_kt(&cfg(3), &data, &RunDir::open(&dir.join("parts")).unwrap(), &resumed).unwrap();
+    assert_eq!((again.epochs, again.test), (3, whole.test.clone()));
+    assert_eq!(losses("parts").len(), 3);
+
+    let other = dataset(&dir.join("other"), &GenConfig { seed: 13, ..gen.clone() });
+    let err = train_kt(&cfg(3), &other, &RunDir::open(&dir.join("parts")).unwrap(), &resumed).unwrap_err().to_string();
+    assert!(err.contains("input hash"), "{err}");
+}
