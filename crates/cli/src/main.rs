@@ -41,7 +41,11 @@ fn main() {
     keep_freed_memory();
     seqrec_models::gru4rec::pin_thread_count();
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter_or_info().init();
-    if let Err(e) = run(Cli::parse()) {
+    // The command runs on a rayon worker: the many short parallel regions of
+    // a training step then split from inside the pool instead of each being
+    // injected from outside with the caller asleep on a lock until it ends.
+    let cli = Cli::parse();
+    if let Err(e) = rayon::scope(|_| run(cli)) {
         eprintln!("error: {}", chain_message(&e));
         std::process::exit(1);
     }
