@@ -228,7 +228,8 @@ fn ingest(a: IngestArgs) -> Result<()> {
 fn riiid_input(work: &Path, rows: u64, seed: u64) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let gen = seqrec_data::synth::kt::KtConfig { seed, ..Default::default() };
-    let input = work.join(format!("riiid-{rows}-seed{seed}-{}.parquet", config_tag(&gen)?));
+    let stem = format!("riiid-{rows}-seed{seed}-{}", config_tag(&gen)?);
+    let input = work.join(format!("{stem}.parquet"));
     if !input.exists() {
         let t = Instant::now();
         seqrec_data::synth::kt::write_riiid_parquet(&input, rows, seed)
@@ -241,7 +242,8 @@ fn riiid_input(work: &Path, rows: u64, seed: u64) -> Result<(PathBuf, PathBuf)> 
         input.file_name().and_then(|n| n.to_str()).unwrap_or_default()
     );
     std::fs::write(&recipe, text).with_context(|| format!("writing {}", recipe.display()))?;
-    Ok((recipe, work.join(format!("prepared-{rows}"))))
+    // Named after the input file, so that a prepared set of other data is never reused.
+    Ok((recipe, work.join(format!("prepared-{stem}"))))
 }
 
 /// Eight hex digits of a hash (FNV-1a) of a generator configuration's JSON,
