@@ -331,10 +331,12 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
         for (k, v) in opt.states().0 {
             last.insert(format!("opt.{k}"), v.clone());
         }
-        run.save_tensors("last.safetensors", &last)?;
-        run.write_json("last.json", &state)?;
+        // last.json last: it commits the epoch (interrupted before it, the
+        // epoch is redone on resume and its metrics line dropped first).
         let value = serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?;
         run.append_metrics(&value)?;
+        run.save_tensors("last.safetensors", &last)?;
+        run.write_json("last.json", &state)?;
     }
     drop(samples);
 

@@ -962,12 +962,11 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
                 stats.events as f64 / stats.seconds.max(1e-9),
                 valid_auc.map(|a| format!(", valid AUC {a:.4}")).unwrap_or_default()
             );
-            // Weights and state first, then the metrics line: an interrupted epoch is redone.
             if validate || !has_valid || cfg.validate_every == 0 {
                 let improved = match (valid_auc, state.best) {
                     (None, _) => true,
                     (Some(v), None) => v.is_finite(),
-                    (Some(v), Some((b, _))) => v > b,
+                    (Some(v), Some((b, _))) => v > b || (b.is_nan() && v.is_finite()),
                 };
                 if improved {
                     state.best = Some((valid_auc.or(state.best.map(|b| b.0)).unwrap_or(f64::NAN), epoch));
@@ -984,9 +983,11 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
                     }
                 }
             }
+            // last.json last: it commits the epoch. Interrupted before it, the
+            // epoch is redone on resume and its metrics line dropped first.
+            run.append_metrics(&serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?)?;
             run.save_tensors("last.safetensors", &tr.checkpoint())?;
             run.write_json("last.json", &state)?;
-            run.append_metrics(&serde_json::to_value(&line).map_err(|e| TrainError::Invalid(e.to_string()))?)?;
             if state.stopped {
                 break;
             }
