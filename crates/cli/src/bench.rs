@@ -753,7 +753,7 @@ fn kt(a: KtArgs) -> Result<()> {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
             "{:<24} {:<64} {:>7.4} {:>7.4} {:>7.4} {:>8.4} {:>10.0} {:>9.0} {:>6.4} {:>8}",
-            Path::new(r["config"].as_str().unwrap_or("")).file_stem().and_then(|s| s.to_str()).unwrap_or(""),
+            tag_stem(Path::new(r["config"].as_str().unwrap_or(""))),
             r["dataset"].as_str().unwrap_or(""),
             f("auc"),
             f("oracle_auc"),

@@ -360,13 +360,26 @@ impl KtTrainer {
                 None => params.insert(k.clone(), v.clone()),
             };
         }
-        self.model
-            .params_mut()
-            .load(&params)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e} (model {})", source.display(), self.cfg.model)))?;
+        self.load_params(&params, source)?;
         self.opt.restore(opt, steps);
         self.steps = steps;
         Ok(())
+    }
+
+    /// Loads the kept weights of `run` (`best.safetensors`).
+    ///
+    /// # Errors
+    /// A missing file or tensors that do not fit the model (named with the file).
+    pub fn load_kept(&mut self, run: &RunDir, dev: &Device) -> Result<()> {
+        let kept = run.load_tensors("best.safetensors", dev)?;
+        self.load_params(&kept, &run.path("best.safetensors"))
+    }
+
+    fn load_params(&mut self, params: &BTreeMap<String, Tensor>, source: &Path) -> Result<()> {
+        self.model
+            .params_mut()
+            .load(params)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e} (model {})", source.display(), self.cfg.model)))
     }
 
     /// Number of trainable values.
@@ -726,6 +739,38 @@ fn evaluate(
     Ok(ev)
 }
 
+/// What one pass over a dataset's events gives: the question-mean baseline
+/// fitted on the training part and the counts the checks need.
+struct Scan {
+    baseline: QuestionMean,
+    events: usize,
+    questions: usize,
+    train_answers: usize,
+    has_valid: bool,
+}
+
+/// The one pass over `data` before training or scoring; errors when the
+/// events carry no answered-correctly labels.
+fn scan(shards: &Shards<'_>, data: &Dataset, n_questions: usize) -> Result<Scan> {
+    let mut out =
+        Scan { baseline: QuestionMean::new(n_questions), events: 0, questions: 0, train_answers: 0, has_valid: false };
+    shards.for_each(|_, store, parts| {
+        if store.labels.is_none() {
+            return Err(TrainError::Invalid(format!(
+                "{}: the dataset has no answered-correctly labels (map a `label` column in its recipe)",
+                data.dir.display()
+            )));
+        }
+        out.baseline.fit(store, parts);
+        out.events += store.n_events();
+        out.questions += (0..store.n_events()).filter(|&e| !is_lecture(store, e)).count();
+        out.train_answers += (0..store.n_events()).filter(|&e| parts[e] == Part::Train && is_answer(store, e)).count();
+        out.has_valid |= parts.contains(&Part::Valid);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// The generator's `truth.csv` at `path`, checked to have one row per
 /// question of the unfiltered `data` (`events` rows, `questions` of them
 /// questions).
@@ -793,29 +838,13 @@ pub fn evaluate_kt_run(dir: &Path, data: &Dataset, opts: &KtOptions) -> Result<K
     }
     let shards = if opts.stream { Shards::Files(data) } else { Shards::Memory(data) };
     let inputs = KtInputs::of(data)?;
-    let mut baseline = QuestionMean::new(inputs.n_questions);
-    let (mut events, mut questions) = (0usize, 0usize);
-    shards.for_each(|_, store, parts| {
-        if store.labels.is_none() {
-            return Err(TrainError::Invalid(format!(
-                "{}: the dataset has no answered-correctly labels",
-                data.dir.display()
-            )));
-        }
-        baseline.fit(store, parts);
-        events += store.n_events();
-        questions += (0..store.n_events()).filter(|&e| !is_lecture(store, e)).count();
-        Ok(())
-    })?;
+    let Scan { baseline, events, questions, .. } = scan(&shards, data, inputs.n_questions)?;
     let truth = aligned_truth(cfg.truth.as_deref(), data, events, questions)?;
     let trainer = if cfg.model == "question-mean" {
         None
     } else {
         let mut tr = KtTrainer::new(&cfg, &inputs, &opts.device)?;
-        let kept = run.load_tensors("best.safetensors", &opts.device)?;
-        tr.model_mut().params_mut().load(&kept).map_err(|e| {
-            TrainError::Invalid(format!("{}: {e} (config {})", run.path("best.safetensors").display(), cfg.model))
-        })?;
+        tr.load_kept(&run, &opts.device)?;
         Some(tr)
     };
     let ev =
@@ -854,23 +883,7 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
     if inputs.questions_without_tags > 0 {
         tracing::warn!("{} questions have no tags: their tag input is empty", inputs.questions_without_tags);
     }
-    // One pass for the counts, the baseline and the checks.
-    let mut baseline = QuestionMean::new(inputs.n_questions);
-    let (mut events, mut questions, mut train_answers, mut has_valid) = (0usize, 0usize, 0usize, false);
-    shards.for_each(|_, store, parts| {
-        if store.labels.is_none() {
-            return Err(TrainError::Invalid(format!(
-                "{}: the dataset has no answered-correctly labels (map a `label` column in its recipe)",
-                data.dir.display()
-            )));
-        }
-        baseline.fit(store, parts);
-        events += store.n_events();
-        questions += (0..store.n_events()).filter(|&e| !is_lecture(store, e)).count();
-        train_answers += (0..store.n_events()).filter(|&e| parts[e] == Part::Train && is_answer(store, e)).count();
-        has_valid |= parts.contains(&Part::Valid);
-        Ok(())
-    })?;
+    let Scan { baseline, events, questions, train_answers, has_valid } = scan(&shards, data, inputs.n_questions)?;
     if train_answers == 0 {
         return Err(TrainError::Invalid(format!("{}: no answered questions in the training part", data.dir.display())));
     }
@@ -992,8 +1005,7 @@ pub fn train_kt(cfg: &KtConfig, data: &Dataset, run: &RunDir, opts: &KtOptions) 
                 break;
             }
         }
-        let kept = run.load_tensors("best.safetensors", &opts.device)?;
-        tr.model_mut().params_mut().load(&kept)?;
+        tr.load_kept(run, &opts.device)?;
         trainer = Some(tr);
     }
     let t = Instant::now();
