@@ -322,7 +322,8 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
             let run_dir = a.work.join(format!("{name}-run-{setting}"));
             let _ = std::fs::remove_dir_all(&run_dir);
             let run = seqrec_train::run::RunDir::create(&run_dir)?;
-            let opts = seqrec_train::gru4rec::TrainOptions { progress: false, ..Default::default() };
+            let opts =
+                seqrec_train::gru4rec::TrainOptions { progress: false, device: crate::device()?, ..Default::default() };
             let out = seqrec_train::gru4rec::train(&cfg, &data, &run, &opts)?;
             let test = out.test.as_ref().context("the synthetic set has a test part")?;
             rows.push(json!({
@@ -385,7 +386,7 @@ fn rating(a: RatingArgs) -> Result<()> {
         let run_dir = a.work.join(format!("{}-{}", recipe.name, cfg.model));
         let _ = std::fs::remove_dir_all(&run_dir);
         let run = seqrec_train::run::RunDir::create(&run_dir)?;
-        let opts = RatingOptions { device: candle_core::Device::Cpu, progress: false };
+        let opts = RatingOptions { device: crate::device()?, progress: false };
         let out = train_rating(&cfg, &data, &run, &opts)?;
         let test = out.test.clone().context("the dataset has a test part")?;
         rows.push(json!({
@@ -490,7 +491,8 @@ fn next_item(a: NextItemArgs) -> Result<()> {
         let run = seqrec_train::run::RunDir::create(&run_dir)?;
         let row = if model == "gru4rec" {
             let cfg = seqrec_train::Gru4RecConfig::from_toml_str(&text, path)?;
-            let opts = seqrec_train::gru4rec::TrainOptions { progress: false, ..Default::default() };
+            let opts =
+                seqrec_train::gru4rec::TrainOptions { progress: false, device: crate::device()?, ..Default::default() };
             let out = seqrec_train::gru4rec::train(&cfg, &data, &run, &opts)?;
             let test = out.test.clone().context("the dataset has a test part")?;
             let lines = std::fs::read_to_string(run.path("metrics.jsonl"))?;
@@ -512,7 +514,7 @@ fn next_item(a: NextItemArgs) -> Result<()> {
             )
         } else {
             let cfg = NextItemConfig::from_toml_str(&text, path)?;
-            let opts = NextItemOptions { device: candle_core::Device::Cpu, progress: false };
+            let opts = NextItemOptions { device: crate::device()?, progress: false };
             let out = train_next_item(&cfg, &data, &run, &opts)?;
             let test = out.test.clone().context("the dataset has a test part")?;
             let mut row = next_item_row(
@@ -605,10 +607,11 @@ fn next_item_row(
 /// What `--quick` shrinks the knowledge-tracing models to.
 const QUICK_KT: &str = "len = 16\nembedding = 8\nmlp = [16]\nhidden = 16\ninput_embedding = 8\ntag_embedding = 4\n";
 
-/// Runs `seqrec <args>` as a child process and reads the JSON it prints.
+/// Runs `seqrec <args> --device <this process's>` as a child process and reads the JSON it prints.
 fn child_json(args: &[&std::ffi::OsStr]) -> Result<Value> {
     let exe = std::env::current_exe().context("locating the seqrec binary")?;
-    let output = Command::new(exe).args(args).output().context("running seqrec")?;
+    let device = crate::DEVICE_CHOICE.get().copied().unwrap_or_default().to_string();
+    let output = Command::new(exe).args(args).args(["--device", &device]).output().context("running seqrec")?;
     if !output.status.success() {
         bail!("seqrec {:?} failed: {}", args, String::from_utf8_lossy(&output.stderr));
     }

@@ -17,6 +17,29 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where models run: cpu, cuda, cuda:N, or auto (a GPU when this binary has
+    /// the `cuda` feature and one answers, else the CPU; the log says which).
+    #[arg(long, global = true, default_value = "auto", value_name = "cpu|cuda[:N]|auto")]
+    device: seqrec_kernels::device::DeviceChoice,
+}
+
+/// The `--device` of this process.
+static DEVICE_CHOICE: std::sync::OnceLock<seqrec_kernels::device::DeviceChoice> = std::sync::OnceLock::new();
+/// What it resolved to, once, on the first command that needs a device.
+static DEVICE: std::sync::OnceLock<std::result::Result<candle_core::Device, String>> = std::sync::OnceLock::new();
+
+/// The device the models of this command run on (`--device`, resolved and logged once).
+pub(crate) fn device() -> Result<candle_core::Device> {
+    DEVICE
+        .get_or_init(|| {
+            let choice = DEVICE_CHOICE.get().copied().unwrap_or_default();
+            seqrec_kernels::device::resolve(choice).map(|(d, why)| {
+                tracing::info!("{why}");
+                d
+            })
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +68,7 @@ fn main() {
     // a training step then split from inside the pool instead of each being
     // injected from outside with the caller asleep on a lock until it ends.
     let cli = Cli::parse();
+    let _ = DEVICE_CHOICE.set(cli.device);
     if let Err(e) = rayon::scope(|_| run(cli)) {
         eprintln!("error: {}", chain_message(&e));
         std::process::exit(1);

@@ -124,7 +124,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         };
         (cfg, RunDir::create(&a.run)?)
     };
-    let opts = TrainOptions { resume: a.resume, init_from: a.init_from, ..TrainOptions::default() };
+    let opts =
+        TrainOptions { resume: a.resume, init_from: a.init_from, device: crate::device()?, ..TrainOptions::default() };
     let outcome = train(&cfg, &data, &run, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -151,7 +152,7 @@ fn run_train_rating(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<()> 
     }
     let cfg = seqrec_train::rating::RatingConfig::load(config)?;
     let run = RunDir::create(&a.run)?;
-    let opts = seqrec_train::rating::RatingOptions { device: candle_core::Device::Cpu, progress: true };
+    let opts = seqrec_train::rating::RatingOptions { device: crate::device()?, progress: true };
     let outcome = seqrec_train::rating::train_rating(&cfg, data, &run, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -188,7 +189,7 @@ fn run_train_next_item(a: &TrainArgs, config: &Path, data: &Dataset) -> Result<(
     }
     let cfg = NextItemConfig::load(config)?;
     let run = RunDir::create(&a.run)?;
-    let opts = NextItemOptions { device: candle_core::Device::Cpu, progress: true };
+    let opts = NextItemOptions { device: crate::device()?, progress: true };
     let outcome = train_next_item(&cfg, data, &run, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -226,7 +227,7 @@ fn run_train_kt(a: &TrainArgs, config: &Path) -> Result<()> {
         (KtConfig::load(config)?, RunDir::create(&a.run)?)
     };
     let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
-    let opts = KtOptions { device: candle_core::Device::Cpu, progress: !a.json, stream: a.stream, resume: a.resume };
+    let opts = KtOptions { device: crate::device()?, progress: !a.json, stream: a.stream, resume: a.resume };
     let o = train_kt(&cfg, &data, &run, &opts).with_context(|| format!("training on {}", a.data.display()))?;
     if a.json {
         let mut v = serde_json::to_value(&o)?;
@@ -290,7 +291,7 @@ pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
     if a.stream {
         bail!("--stream: only knowledge-tracing runs evaluate from streamed event files");
     }
-    let loaded = load_run(&a.run, &candle_core::Device::Cpu)?;
+    let loaded = load_run(&a.run, &crate::device()?)?;
     let data = Dataset::open(&a.data).with_context(|| format!("opening dataset {}", a.data.display()))?;
     let m = evaluate_run(&loaded, &data, part)?;
     if a.json {
@@ -304,7 +305,7 @@ pub fn run_evaluate(a: EvaluateArgs) -> Result<()> {
 fn run_evaluate_kt(a: &EvaluateArgs, part: Part) -> Result<()> {
     use seqrec_train::kt::{evaluate_kt_run, KtOptions};
     let data = if a.stream { Dataset::open_without_events(&a.data)? } else { Dataset::open(&a.data)? };
-    let opts = KtOptions { stream: a.stream, ..KtOptions::default() };
+    let opts = KtOptions { stream: a.stream, device: crate::device()?, ..KtOptions::default() };
     let e = evaluate_kt_run(&a.run, &data, &opts).with_context(|| format!("evaluating {}", a.run.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
@@ -407,7 +408,7 @@ fn read_sessions(path: &Path, format: &str) -> Result<Vec<(String, Vec<String>)>
 }
 
 pub fn run_recommend(a: RecommendArgs) -> Result<()> {
-    let loaded = load_run(&a.run, &candle_core::Device::Cpu)?;
+    let loaded = load_run(&a.run, &crate::device()?)?;
     let sessions = read_sessions(&a.input, &a.format)?;
     let recs = recommend(&loaded, &sessions, a.k, loaded.config.eval_batch_size)?;
     if recs.skipped_events > 0 || recs.skipped_sessions > 0 {

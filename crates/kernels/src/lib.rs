@@ -9,9 +9,24 @@
 //! - [`loss`]: GRU4Rec's sampled-output losses fused into one op (forward and gradient).
 //! - [`lstm`]: a whole LSTM sequence as one op, forward and backward by hand.
 //! - [`matmul`]: CPU matrix products whose thread count follows their size.
+//! - [`gru`]: the element-wise parts of a GRU step (original form), forward
+//!   and backward, fused into four ops.
+//! - [`rank`]: full-ranking rank counts (items above / equal to the target)
+//!   without a batch × catalogue score matrix.
+//! - [`device`]: `--device cpu|cuda[:N]|auto` and what it resolves to.
+//!
+//! With the `cuda` feature, `build.rs` compiles `cuda/*.cu` to PTX and the
+//! optimiser, loss, GRU and rank ops gain CUDA implementations, each tested
+//! against the CPU one on random inputs (skipped, with a message, when no GPU
+//! answers).
 
 pub mod act;
+#[cfg(feature = "cuda")]
+mod cuda;
+pub mod device;
+pub mod gru;
 pub mod loss;
 pub mod lstm;
 pub mod matmul;
 pub mod optim;
+pub mod rank;

@@ -467,6 +467,163 @@ impl CustomOp2 for SampledLoss {
     }
 }
 
+/// The fused loss on the scores' own device: `scores` `[B, N]`, `bias` `[N]`
+/// and, with logQ on, `log_pop` `[N]` with its weight → the loss (summed
+/// rows divided by the batch size) and `∂L/∂scores` `[B, N]` on the same
+/// device. On the CPU it is [`sampled_loss_cpu`]; with the `cuda` feature on
+/// a GPU it is `cuda/loss.cu`, tested against the CPU.
+///
+/// # Errors
+/// As [`sampled_loss_cpu`]; a device without an implementation.
+pub fn sampled_loss_grad(
+    kind: LossKind,
+    act: Act,
+    batch_size: usize,
+    scores: &Tensor,
+    bias: &Tensor,
+    log_pop: Option<(&Tensor, f32)>,
+) -> Result<(f64, Tensor)> {
+    let (scores, bias) = (scores.contiguous()?, bias.flatten_all()?.contiguous()?);
+    let cols = scores.dims().last().copied().unwrap_or(0);
+    let (lp, logq) = match log_pop {
+        Some((lp, q)) => (lp.flatten_all()?.contiguous()?, q),
+        None => (Tensor::zeros(cols, candle_core::DType::F32, scores.device())?, 0.0),
+    };
+    let op = LossGrad { kind, act, logq, has_log_pop: log_pop.is_some(), batch_size, loss: Default::default() };
+    let grad = scores.apply_op3_no_bwd(&bias, &lp, &op)?;
+    let loss = *op.loss.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))?;
+    Ok((loss, grad))
+}
+
+/// The op behind [`sampled_loss_grad`]: output the gradient, keep the loss.
+#[derive(Debug)]
+struct LossGrad {
+    kind: LossKind,
+    act: Act,
+    logq: f32,
+    has_log_pop: bool,
+    batch_size: usize,
+    loss: std::sync::Mutex<f64>,
+}
+
+impl LossGrad {
+    fn set_loss(&self, v: f64) -> Result<()> {
+        *self.loss.lock().map_err(|_| candle_core::Error::Msg("sampled loss: poisoned".into()))? = v;
+        Ok(())
+    }
+}
+
+impl candle_core::CustomOp3 for LossGrad {
+    fn name(&self) -> &'static str {
+        "sampled-loss-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        ls: &CpuStorage,
+        ll: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let scores = contiguous_f32(s, l, "scores")?;
+        let bias = contiguous_f32(bs, bl, "bias")?;
+        let lp = contiguous_f32(ls, ll, "log popularity")?;
+        let &[_, cols] = l.dims() else { bail!("sampled loss: expected [B, B + S] scores, found {:?}", l.dims()) };
+        let spec = LossSpec {
+            kind: self.kind,
+            act: self.act,
+            log_pop: self.has_log_pop.then_some((lp, self.logq)),
+            batch_size: self.batch_size,
+        };
+        let mut grad = vec![0f32; scores.len()];
+        self.set_loss(sampled_loss_cpu(&spec, scores, bias, cols, &mut grad)?)?;
+        Ok((CpuStorage::F32(grad), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+        bs: &candle_core::CudaStorage,
+        bl: &Layout,
+        ls: &candle_core::CudaStorage,
+        ll: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let loss = cuda::sampled_loss(self, (s, l), (bs, bl), (ls, ll))?;
+        self.set_loss(loss.0)?;
+        Ok((loss.1, l.shape().clone()))
+    }
+}
+
+/// The CUDA side of [`sampled_loss_grad`] (`cuda/loss.cu`).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{Act, LossGrad, LossKind};
+    use crate::cuda::{func, launch, storage, view, Module};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::{bail, CudaStorage, Layout, Result};
+
+    type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+    pub(super) fn sampled_loss(op: &LossGrad, s: Arg<'_>, b: Arg<'_>, lp: Arg<'_>) -> Result<(f64, CudaStorage)> {
+        let &[rows, cols] = s.1.dims() else {
+            bail!("sampled loss: expected [B, B + S] scores, found {:?}", s.1.dims())
+        };
+        if rows == 0 || rows > cols {
+            bail!("sampled loss: found scores {rows}×{cols}, expected [B, B + S] with B >= 1");
+        }
+        if op.batch_size == 0 {
+            bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
+        }
+        for (what, a) in [("biases", b), ("log popularities", lp)] {
+            if a.1.shape().elem_count() != cols {
+                bail!("sampled loss: found {} {what}, expected {cols} (one per column)", a.1.shape().elem_count());
+            }
+        }
+        let dev = s.0.device().clone();
+        if cols <= 1 {
+            // No negative: no loss and no gradient (as on the CPU).
+            return Ok((0.0, storage(dev.alloc_zeros::<f32>(rows * cols)?, &dev)));
+        }
+        let (scores, bias, log_pop) =
+            (view(s.0, s.1, "scores")?, view(b.0, b.1, "bias")?, view(lp.0, lp.1, "log pop")?);
+        let mut grad = dev.alloc_zeros::<f32>(rows * cols)?;
+        let mut row_loss = dev.alloc_zeros::<f64>(rows)?;
+        let (kind, bpreg) = match op.kind {
+            LossKind::CrossEntropy => (0i32, 0f32),
+            LossKind::Top1 => (1, 0.0),
+            LossKind::Bpr => (2, 0.0),
+            LossKind::Top1Max => (3, 0.0),
+            LossKind::BprMax(reg) => (4, reg),
+        };
+        let (act, act_a) = match op.act {
+            Act::Linear => (0i32, 0f32),
+            Act::Relu => (1, 0.0),
+            Act::Tanh => (2, 0.0),
+            Act::Leaky(a) => (3, a),
+            Act::Elu(a) => (4, a),
+        };
+        let scale = 1.0 / op.batch_size as f64;
+        let (rows32, cols32) = (rows as u32, cols as u32);
+        let f = func(&dev, Module::Loss, "sampled_loss")?;
+        let stream = dev.cuda_stream();
+        let mut l = stream.launch_builder(&f);
+        // (const float* scores, const float* bias, const float* log_pop, float logq, unsigned rows,
+        //  unsigned cols, int kind, float bpreg, int act, float act_a, double scale, float* grad,
+        //  double* row_loss)
+        l.arg(&scores).arg(&bias).arg(&log_pop).arg(&op.logq).arg(&rows32).arg(&cols32);
+        l.arg(&kind).arg(&bpreg).arg(&act).arg(&act_a).arg(&scale).arg(&mut grad).arg(&mut row_loss);
+        launch(l, LaunchConfig { grid_dim: (rows32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })?;
+        let losses = dev.clone_dtoh(&row_loss)?;
+        let total = losses.iter().sum::<f64>() * scale;
+        Ok((total, storage(grad, &dev)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -278,6 +278,17 @@ impl InplaceOp2 for StateUpdate<'_> {
         }
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        gs: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        cuda::state_update(self, dst, dst_l, gs, gl)
+    }
 }
 
 /// In-place op on a parameter: adds the step held in (or computed from) its state.
@@ -319,6 +330,17 @@ impl InplaceOp2 for ApplyStep<'_> {
             }
         }
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        dst: &mut candle_core::CudaStorage,
+        dst_l: &Layout,
+        ss: &candle_core::CudaStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        cuda::apply(self, dst, dst_l, ss, sl)
     }
 }
 
@@ -482,6 +504,165 @@ pub fn sparse_fused_cpu(
         rows.par_chunks_mut(chunk).enumerate().for_each(task);
     } else {
         task((0, rows.as_mut_slice()));
+    }
+}
+
+/// The CUDA side of [`StateUpdate`] and [`ApplyStep`] (`cuda/optim.cu`).
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod cuda {
+    use super::{ApplyStep, RowGroups, Rule, StateUpdate};
+    use crate::cuda::{elementwise, func, launch, upload_u32, view, view_mut, Module};
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
+    use candle_core::{backend::BackendStorage, bail, CudaStorage, Layout, Result};
+
+    /// `struct Rule` of `optim.cu`, field for field.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    struct RuleArgs {
+        kind: i32,
+        lr: f32,
+        mu_or_beta1: f32,
+        eps: f32,
+        beta2: f32,
+        c1: f32,
+        c2: f32,
+        keep: f32,
+    }
+
+    // SAFETY: plain `#[repr(C)]` data of the kernel's `struct Rule` layout.
+    unsafe impl DeviceRepr for RuleArgs {}
+
+    impl RuleArgs {
+        /// The same constants as the CPU's `apply_step`, computed the same way.
+        fn new(rule: &Rule) -> Self {
+            match *rule {
+                Rule::AdagradM { lr, momentum, eps } => {
+                    RuleArgs { kind: 0, lr, mu_or_beta1: momentum, eps, beta2: 0.0, c1: 0.0, c2: 0.0, keep: 1.0 }
+                }
+                Rule::Adam { lr, beta1, beta2, eps, t, weight_decay } => {
+                    let t = t.min(i32::MAX as u64) as i32;
+                    RuleArgs {
+                        kind: 1,
+                        lr,
+                        mu_or_beta1: beta1,
+                        eps,
+                        beta2,
+                        c1: 1.0 / (1.0 - beta1.powi(t)),
+                        c2: 1.0 / (1.0 - beta2.powi(t)),
+                        keep: 1.0 - lr * weight_decay,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Device copies of a sparse update's row groups.
+    struct Groups {
+        rows: candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>,
+        starts: candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>,
+        sources: candle_core::cuda_backend::cudarc::driver::CudaSlice<u32>,
+        n: u32,
+    }
+
+    fn upload(dev: &candle_core::CudaDevice, g: &RowGroups) -> Result<Groups> {
+        let starts: Vec<u32> = g.starts.iter().map(|&s| s as u32).collect();
+        Ok(Groups {
+            rows: upload_u32(dev, &g.rows)?,
+            starts: upload_u32(dev, &starts)?,
+            sources: upload_u32(dev, &g.sources)?,
+            n: g.rows.len() as u32,
+        })
+    }
+
+    pub(super) fn state_update(
+        op: &StateUpdate<'_>,
+        dst: &mut CudaStorage,
+        dst_l: &Layout,
+        gs: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let what = "optimiser-state-update";
+        let dev = dst.device().clone();
+        let rule = RuleArgs::new(&op.rule);
+        let grad = view(gs, gl, what)?;
+        let n_state = dst_l.shape().elem_count();
+        let mut state = view_mut(dst, dst_l, what)?;
+        let stream = dev.cuda_stream();
+        match op.groups {
+            Some(groups) => {
+                let dims = gl.dims();
+                let (n_grad, width) = (dims[0], dims[1..].iter().product::<usize>());
+                let n_rows = n_state / (2 * width).max(1);
+                if n_state != n_rows * 2 * width {
+                    bail!("{what}: state of {n_state} elements is not [rows, 2 · {width}]");
+                }
+                groups.check(n_rows, n_grad, what)?;
+                let g = upload(&dev, groups)?;
+                let f = func(&dev, Module::Optim, "sparse_state_update")?;
+                let mut b = stream.launch_builder(&f);
+                // (float* state, const float* grad, const unsigned* rows, const unsigned* starts,
+                //  const unsigned* sources, unsigned n_groups, unsigned width, Rule rule)
+                let width = width as u32;
+                b.arg(&mut state).arg(&grad).arg(&g.rows).arg(&g.starts).arg(&g.sources).arg(&g.n).arg(&width);
+                b.arg(&rule);
+                launch(b, elementwise(g.n as usize * width as usize))
+            }
+            None => {
+                let n = gl.shape().elem_count();
+                if n_state != 2 * n {
+                    bail!("{what}: state of {n_state} elements for a gradient of {n}");
+                }
+                let f = func(&dev, Module::Optim, "dense_state_update")?;
+                let mut b = stream.launch_builder(&f);
+                // (float* state, const float* grad, unsigned long long n, Rule rule)
+                let n64 = n as u64;
+                b.arg(&mut state).arg(&grad).arg(&n64).arg(&rule);
+                launch(b, elementwise(n))
+            }
+        }
+    }
+
+    pub(super) fn apply(
+        op: &ApplyStep<'_>,
+        dst: &mut CudaStorage,
+        dst_l: &Layout,
+        ss: &CudaStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        let what = "optimiser-apply-step";
+        let dev = dst.device().clone();
+        let rule = RuleArgs::new(&op.rule);
+        let dims = dst_l.dims().to_vec();
+        let n = dst_l.shape().elem_count();
+        let state = view(ss, sl, what)?;
+        if sl.shape().elem_count() != 2 * n {
+            bail!("{what}: state of {} elements for a parameter of {n}", sl.shape().elem_count());
+        }
+        let mut param = view_mut(dst, dst_l, what)?;
+        let stream = dev.cuda_stream();
+        match op.groups {
+            Some(groups) => {
+                let width = dims[1..].iter().product::<usize>();
+                groups.check(dims[0], usize::MAX, what)?;
+                let g = upload(&dev, groups)?;
+                let f = func(&dev, Module::Optim, "sparse_apply")?;
+                let mut b = stream.launch_builder(&f);
+                // (float* param, const float* state, const unsigned* rows, unsigned n_groups,
+                //  unsigned width, Rule rule)
+                let width = width as u32;
+                b.arg(&mut param).arg(&state).arg(&g.rows).arg(&g.n).arg(&width).arg(&rule);
+                launch(b, elementwise(g.n as usize * width as usize))
+            }
+            None => {
+                let f = func(&dev, Module::Optim, "dense_apply")?;
+                let mut b = stream.launch_builder(&f);
+                // (float* param, const float* state, unsigned long long n, Rule rule)
+                let n64 = n as u64;
+                b.arg(&mut param).arg(&state).arg(&n64).arg(&rule);
+                launch(b, elementwise(n))
+            }
+        }
     }
 }
 

@@ -37,6 +37,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use seqrec_kernels::act::{sigmoid, tanh};
+use seqrec_kernels::gru;
 use seqrec_kernels::matmul::{gather_rows, matmul as mm, matmul_pair};
 use serde::{Deserialize, Serialize};
 
@@ -211,6 +212,10 @@ pub struct Gru4Rec {
     wy: Tensor,
     /// `[ids, 1]` output item biases.
     by: Tensor,
+    /// The device path: the fused GRU ops (`seqrec_kernels::gru`) and the
+    /// loss on the device ([`seqrec_kernels::loss::sampled_loss_grad`]); on by
+    /// default off the CPU, where it saves kernel launches and host copies.
+    device_ops: bool,
 }
 
 fn glorot_blocks(rng: &mut Rng, rows: usize, fan_in: usize, h: usize, blocks: usize, dev: &Device) -> Result<Tensor> {
@@ -245,6 +250,8 @@ struct LayerCache {
     rh: Tensor,
     c: Tensor,
     mask: Option<Tensor>,
+    /// The fused GRU ops' `[r | z | rh | h]` and `[c | out]` (CUDA, original form).
+    fused: Option<(Tensor, Tensor)>,
 }
 
 /// The gradient of one parameter from [`Gru4Rec::gradients`].
@@ -309,7 +316,13 @@ impl Gru4Rec {
         }
         let wy = glorot_blocks(&mut rng, n_ids, n_ids, d_out, 1, dev)?;
         let by = Tensor::zeros((n_ids, 1), DType::F32, dev)?;
-        Ok(Gru4Rec { shape, n_ids, device: dev.clone(), input, layers, wy, by })
+        Ok(Gru4Rec { shape, n_ids, device: dev.clone(), input, layers, wy, by, device_ops: !dev.is_cpu() })
+    }
+
+    /// Runs the device path (fused GRU ops, loss as a device op) whatever the
+    /// device: the path CUDA takes, testable on the CPU against the CPU path.
+    pub fn set_device_ops(&mut self, on: bool) {
+        self.device_ops = on;
     }
 
     /// The network's shape.
@@ -377,22 +390,33 @@ impl Gru4Rec {
                 None => (x.clone(), mm(&prev, &layer.wrz)?),
             };
             let vx = vx.broadcast_add(&layer.b)?;
-            let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
-            let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
-            let (rh, c) = match &layer.bhn {
-                // reset after the product: rh holds h·Uc + b'
-                Some(bhn) => {
-                    let vhn = mm(&prev, &layer.wh)?.broadcast_add(bhn)?;
-                    let c = tanh(&((&r * &vhn)? + vx.narrow(1, 0, h)?)?)?;
-                    (vhn, c)
-                }
-                None => {
-                    let rh = (&r * &prev)?;
-                    let c = tanh(&(mm(&rh, &layer.wh)? + vx.narrow(1, 0, h)?)?)?;
-                    (rh, c)
-                }
+            let (r, z, rh, c, mut out, fused) = if self.device_ops && layer.bhn.is_none() {
+                // One kernel per element-wise stage instead of ~10 generic ops (seqrec_kernels::gru).
+                let gates = gru::forward_a(&vx, &vrz, &prev)?;
+                let rh = gates.narrow(1, 2 * h, h)?.contiguous()?;
+                let co = gru::forward_b(&vx, &mm(&rh, &layer.wh)?, &gates)?;
+                let (r, z) = (gates.narrow(1, 0, h)?, gates.narrow(1, h, h)?);
+                let (c, out) = (co.narrow(1, 0, h)?, co.narrow(1, h, h)?.contiguous()?);
+                (r, z, rh, c, out, Some((gates, co)))
+            } else {
+                let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
+                let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
+                let (rh, c) = match &layer.bhn {
+                    // reset after the product: rh holds h·Uc + b'
+                    Some(bhn) => {
+                        let vhn = mm(&prev, &layer.wh)?.broadcast_add(bhn)?;
+                        let c = tanh(&((&r * &vhn)? + vx.narrow(1, 0, h)?)?)?;
+                        (vhn, c)
+                    }
+                    None => {
+                        let rh = (&r * &prev)?;
+                        let c = tanh(&(mm(&rh, &layer.wh)? + vx.narrow(1, 0, h)?)?)?;
+                        (rh, c)
+                    }
+                };
+                let out = (&prev + (&z * (&c - &prev)?)?)?;
+                (r, z, rh, c, out, None)
             };
-            let mut out = (&prev + (&z * (&c - &prev)?)?)?;
             let p = if i == 0 && one_hot { self.shape.dropout_p_embed } else { self.shape.dropout_p_hidden };
             let mut mask = None;
             if p > 0.0 {
@@ -404,7 +428,7 @@ impl Gru4Rec {
             }
             state[i] = out.clone();
             if keep {
-                caches.push(LayerCache { x: x.clone(), prev, r, z, rh, c, mask });
+                caches.push(LayerCache { x: x.clone(), prev, r, z, rh, c, mask, fused });
             }
             x = out;
         }
@@ -423,25 +447,39 @@ impl Gru4Rec {
     ) -> Result<Tensor> {
         let mut d = d_y;
         for (i, (layer, cache)) in self.layers.iter().zip(caches).enumerate().rev() {
+            let h = layer.size;
             if let Some(m) = &cache.mask {
                 d = (d * m)?;
             }
-            let dz = (&d * (&cache.c - &cache.prev)?)?;
-            let dc = (&d * &cache.z)?;
-            let dac = (&dc * (1.0 - cache.c.sqr()?)?)?;
-            let dr = if layer.bhn.is_some() {
-                // cache.rh is h·Uc + b'
-                let dvhn = (&dac * &cache.r)?;
-                out.push(ParamGrad { name: format!("layer{i}.wh"), grad: mm(&cache.prev.t()?, &dvhn)?, rows: None });
-                out.push(ParamGrad { name: format!("layer{i}.bhn"), grad: dvhn.sum(0)?, rows: None });
-                (&dac * &cache.rh)?
-            } else {
+            let (dac, dar, daz) = if let Some((gates, co)) = &cache.fused {
+                let bb = gru::backward_b(&d, gates, co)?;
+                let (dac, daz) = (bb.narrow(1, 0, h)?.contiguous()?, bb.narrow(1, h, h)?.contiguous()?);
                 let (d_wh, d_rh) = matmul_pair(&cache.rh.t()?, &dac, &dac, &layer.wh.t()?)?;
                 out.push(ParamGrad { name: format!("layer{i}.wh"), grad: d_wh, rows: None });
-                (d_rh * &cache.prev)?
+                (dac, gru::backward_a(&d_rh, gates)?, daz)
+            } else {
+                let dz = (&d * (&cache.c - &cache.prev)?)?;
+                let dc = (&d * &cache.z)?;
+                let dac = (&dc * (1.0 - cache.c.sqr()?)?)?;
+                let dr = if layer.bhn.is_some() {
+                    // cache.rh is h·Uc + b'
+                    let dvhn = (&dac * &cache.r)?;
+                    out.push(ParamGrad {
+                        name: format!("layer{i}.wh"),
+                        grad: mm(&cache.prev.t()?, &dvhn)?,
+                        rows: None,
+                    });
+                    out.push(ParamGrad { name: format!("layer{i}.bhn"), grad: dvhn.sum(0)?, rows: None });
+                    (&dac * &cache.rh)?
+                } else {
+                    let (d_wh, d_rh) = matmul_pair(&cache.rh.t()?, &dac, &dac, &layer.wh.t()?)?;
+                    out.push(ParamGrad { name: format!("layer{i}.wh"), grad: d_wh, rows: None });
+                    (d_rh * &cache.prev)?
+                };
+                let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
+                let daz = (dz * (&cache.z * (1.0 - &cache.z)?)?)?;
+                (dac, dar, daz)
             };
-            let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
-            let daz = (dz * (&cache.z * (1.0 - &cache.z)?)?)?;
             let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
             let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
             out.push(ParamGrad { name: format!("layer{i}.b"), grad: dvx.sum(0)?, rows: None });
@@ -530,29 +568,46 @@ impl Gru4Rec {
         };
         let x0 = gather_rows(input_table, batch.inputs)?;
         let o = gather_rows(&self.wy, &out_ids)?;
-        let bias = gather_rows(&self.by, &out_ids)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = gather_rows(&self.by, &out_ids)?;
         let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
-        let scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-        let spec = seqrec_kernels::loss::LossSpec {
-            kind: kernel_kind(&cfg.loss),
-            act: self.shape.final_act.kernel_act(),
-            log_pop: match batch.log_pop {
-                Some(lp) if cfg.logq > 0.0 => Some((lp, cfg.logq)),
-                _ => None,
-            },
-            batch_size: cfg.batch_size,
-        };
-        let mut d_scores = vec![0f32; rows * n_out];
-        let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores)? as f32;
-        let mut d_bias = vec![0f32; n_out];
-        for row in d_scores.chunks(n_out) {
-            for (acc, &g) in d_bias.iter_mut().zip(row) {
-                *acc += g;
+        let kind = kernel_kind(&cfg.loss);
+        let act = self.shape.final_act.kernel_act();
+        let log_pop = batch.log_pop.filter(|_| cfg.logq > 0.0);
+        let (value, d_scores, d_bias) = if !self.device_ops {
+            let scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            let bias = bias.flatten_all()?.to_vec1::<f32>()?;
+            let spec = seqrec_kernels::loss::LossSpec {
+                kind,
+                act,
+                log_pop: log_pop.map(|lp| (lp, cfg.logq)),
+                batch_size: cfg.batch_size,
+            };
+            let mut d_scores = vec![0f32; rows * n_out];
+            let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores)? as f32;
+            let mut d_bias = vec![0f32; n_out];
+            for row in d_scores.chunks(n_out) {
+                for (acc, &g) in d_bias.iter_mut().zip(row) {
+                    *acc += g;
+                }
             }
-        }
-        let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
+            let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
+            (value, d_scores, Tensor::from_vec(d_bias, (n_out, 1), &self.device)?)
+        } else {
+            // On the device: the fused loss kernel, no score matrix through the host.
+            let lp = log_pop.map(|lp| Tensor::from_slice(lp, lp.len(), &self.device)).transpose()?;
+            let (value, d_scores) = seqrec_kernels::loss::sampled_loss_grad(
+                kind,
+                act,
+                cfg.batch_size,
+                &mm(&y, &o.t()?)?,
+                &bias,
+                lp.as_ref().map(|lp| (lp, cfg.logq)),
+            )?;
+            let d_bias = d_scores.sum(0)?.reshape((n_out, 1))?;
+            (value as f32, d_scores, d_bias)
+        };
         let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
         let mut out = Vec::new();
         let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, &mut out)?;
@@ -568,7 +623,6 @@ impl Gru4Rec {
                 out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(out_ids.clone()) });
             }
         }
-        let d_bias = Tensor::from_vec(d_bias, (n_out, 1), &self.device)?;
         out.push(ParamGrad { name: "by".into(), grad: d_bias, rows: Some(out_ids) });
         Ok((value, out))
     }
@@ -899,6 +953,57 @@ mod tests {
                         "{layers:?} emb {embedding} constrained {constrained} {}[{index}]: analytic {an} vs numeric {fd}",
                         g.name
                     );
+                }
+            }
+        }
+    }
+
+    /// The path CUDA takes (fused GRU ops, the loss as a device op) run on the
+    /// CPU gives the CPU path's losses, parameters and states after several
+    /// training steps, in every input mode, with dropout, several losses and
+    /// final activations (the optimiser's two-pass form is tested in
+    /// `seqrec-kernels`; the kernels against these ops in its `tests/gpu.rs`).
+    #[test]
+    fn device_path_equals_the_cpu_path() {
+        for (layers, embedding, constrained, loss, act, dropout) in [
+            (vec![6], 0, false, Loss::CrossEntropy, FinalAct::Linear, 0.0),
+            (vec![5, 4], 3, false, Loss::BprMax { bpreg: 0.5 }, FinalAct::Elu(0.5), 0.2),
+            (vec![4], 0, true, Loss::Top1Max, FinalAct::Tanh, 0.0),
+            (vec![4], 0, true, Loss::CrossEntropy, FinalAct::Linear, 0.25),
+        ] {
+            let sh =
+                Gru4RecShape { final_act: act, dropout_p_hidden: dropout, ..shape(layers, embedding, constrained) };
+            let mut plain = Gru4Rec::new(sh.clone(), 12, 3, &Device::Cpu).unwrap();
+            let mut fused = Gru4Rec::new(sh, 12, 3, &Device::Cpu).unwrap();
+            fused.set_device_ops(true);
+            let mut opts = [
+                Optimizer::new(crate::optim::OptimizerKind::Adagrad, 0.05, 0.3).unwrap(),
+                Optimizer::new(crate::optim::OptimizerKind::Adagrad, 0.05, 0.3).unwrap(),
+            ];
+            let cfg = StepConfig { loss, logq: 0.5, batch_size: 4 };
+            let lp: Vec<f32> = (0..7).map(|j| -(j as f32) * 0.2).collect();
+            let mut states = [plain.zero_state(3).unwrap(), fused.zero_state(3).unwrap()];
+            let mut rngs = [Rng::new(9), Rng::new(9)];
+            for step in 0..4u32 {
+                let inputs = [1 + step % 11, 5, 9];
+                let (targets, samples) = ([3u32, 1 + (step + 4) % 11, 8], [2u32, 6, 11, 4]);
+                let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: Some(&lp) };
+                let [a, b] = &mut states;
+                let [ra, rb] = &mut rngs;
+                let [oa, ob] = &mut opts;
+                let la = plain.train_step(batch, a, &cfg, oa, ra).unwrap();
+                let lb = fused.train_step(batch, b, &cfg, ob, rb).unwrap();
+                assert!((la - lb).abs() <= 1e-5 * (1.0 + la.abs()), "step {step}: loss {la} vs {lb}");
+            }
+            for (name, t) in plain.named_tensors() {
+                let (x, y) = (values(&t), values(&fused.named_tensors()[&name]));
+                for (k, (a, b)) in x.iter().zip(&y).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{name}[{k}]: cpu path {a} vs device path {b}");
+                }
+            }
+            for (a, b) in states[0].iter().zip(&states[1]) {
+                for (x, y) in values(a).iter().zip(&values(b)) {
+                    assert!((x - y).abs() <= 1e-5, "state: {x} vs {y}");
                 }
             }
         }
