@@ -83,11 +83,24 @@ enum Profile {
 
 fn seqrec_profile(profile: Profile, args: &[&str]) -> Result<()> {
     let (flag, dir) = match profile {
-        Profile::Release => (Some("--release"), "target/release/seqrec"),
-        Profile::Dev => (None, "target/debug/seqrec"),
+        Profile::Release => (Some("--release"), "release/seqrec"),
+        Profile::Dev => (None, "debug/seqrec"),
     };
-    run(cargo().args(["build", "--quiet", "-p", "seqrec"]).args(flag))?;
-    run(Command::new(root().join(dir)).args(args))
+    // `--device cuda[:N]` needs the `cuda` build, kept in its own target dir
+    // so the CPU build's cache stays (../shared/docs/gpu.md).
+    let (features, target): (&[&str], &str) = if wants_cuda(args) {
+        (&["--features", "cuda", "--target-dir", "target/cuda"], "target/cuda")
+    } else {
+        (&[], "target")
+    };
+    run(cargo().args(["build", "--quiet", "-p", "seqrec"]).args(flag).args(features))?;
+    run(Command::new(root().join(target).join(dir)).args(args))
+}
+
+/// True when the arguments ask for `--device cuda…`.
+fn wants_cuda(args: &[&str]) -> bool {
+    args.windows(2).any(|w| w[0] == "--device" && w[1].starts_with("cuda"))
+        || args.iter().any(|a| a.starts_with("--device=cuda"))
 }
 
 fn train(rest: &[String]) -> Result<()> {

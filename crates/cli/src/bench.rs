@@ -340,6 +340,7 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
                 "oracle_recall@20": oracle["recall@20"],
                 "oracle_mrr@20": oracle["mrr@20"],
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+                "device": crate::device_name(&opts.device),
             }));
         }
     }

@@ -28,6 +28,15 @@ static DEVICE_CHOICE: std::sync::OnceLock<seqrec_kernels::device::DeviceChoice> 
 /// What it resolved to, once, on the first command that needs a device.
 static DEVICE: std::sync::OnceLock<std::result::Result<candle_core::Device, String>> = std::sync::OnceLock::new();
 
+/// `cpu` or `cuda:N`, for tables and JSON.
+pub(crate) fn device_name(d: &candle_core::Device) -> String {
+    match d.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// The device the models of this command run on (`--device`, resolved and logged once).
 pub(crate) fn device() -> Result<candle_core::Device> {
     DEVICE

@@ -25,7 +25,33 @@ pub struct LstmSeq;
 /// # Errors
 /// Shapes that do not fit, or a failing op.
 pub fn lstm_seq(xw: &Tensor, w_hh: &Tensor, hc0: &Tensor) -> Result<Tensor> {
+    if !xw.device().is_cpu() {
+        return lstm_seq_generic(xw, w_hh, hc0);
+    }
     xw.contiguous()?.apply_op3(&w_hh.contiguous()?, &hc0.contiguous()?, LstmSeq)
+}
+
+/// The same LSTM from candle's generic ops, one step at a time (autograd
+/// through them): the path of devices without the fused op (CUDA), and the
+/// reference the fused op is tested against.
+///
+/// # Errors
+/// Shapes that do not fit, or a failing op.
+pub fn lstm_seq_generic(xw: &Tensor, w: &Tensor, hc0: &Tensor) -> Result<Tensor> {
+    let (steps, _, h4) = xw.dims3()?;
+    let hd = h4 / 4;
+    let (mut h, mut c) = (hc0.narrow(1, 0, hd)?, hc0.narrow(1, hd, hd)?);
+    let mut outs = Vec::new();
+    let sig = |x: &Tensor| -> Result<Tensor> { (x.neg()?.exp()? + 1.0)?.recip() };
+    for t in 0..steps {
+        let a = (xw.get(t)? + h.matmul(&w.t()?)?)?;
+        let (i, f, o) = (sig(&a.narrow(1, 0, hd)?)?, sig(&a.narrow(1, hd, hd)?)?, sig(&a.narrow(1, 2 * hd, hd)?)?);
+        let g = a.narrow(1, 3 * hd, hd)?.tanh()?;
+        c = ((f * &c)? + (i * g)?)?;
+        h = (o * c.tanh()?)?;
+        outs.push(Tensor::cat(&[&h, &c], 1)?);
+    }
+    Tensor::stack(&outs, 0)
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -177,23 +203,6 @@ mod tests {
     use super::*;
 
     /// The same recurrence from candle's generic ops, differentiated by autograd.
-    fn reference(xw: &Tensor, w: &Tensor, hc0: &Tensor) -> Result<Tensor> {
-        let (steps, _, h4) = xw.dims3()?;
-        let hd = h4 / 4;
-        let (mut h, mut c) = (hc0.narrow(1, 0, hd)?, hc0.narrow(1, hd, hd)?);
-        let mut outs = Vec::new();
-        let sig = |x: &Tensor| -> Result<Tensor> { (x.neg()?.exp()? + 1.0)?.recip() };
-        for t in 0..steps {
-            let a = (xw.get(t)? + h.matmul(&w.t()?)?)?;
-            let (i, f, o) = (sig(&a.narrow(1, 0, hd)?)?, sig(&a.narrow(1, hd, hd)?)?, sig(&a.narrow(1, 2 * hd, hd)?)?);
-            let g = a.narrow(1, 3 * hd, hd)?.tanh()?;
-            c = ((f * &c)? + (i * g)?)?;
-            h = (o * c.tanh()?)?;
-            outs.push(Tensor::cat(&[&h, &c], 1)?);
-        }
-        Tensor::stack(&outs, 0)
-    }
-
     fn var(n: usize, shape: &[usize], seed: u32, scale: f32) -> Var {
         let v: Vec<f32> =
             (0..n).map(|k| (((k as u32).wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -210,7 +219,7 @@ mod tests {
         // A loss that weighs every h and c of every step differently.
         let weights = var(steps * rows * 2 * hd, &[steps, rows, 2 * hd], 4, 1.0).as_tensor().detach();
         let fused = lstm_seq(xw.as_tensor(), w.as_tensor(), hc0.as_tensor()).unwrap();
-        let refd = reference(xw.as_tensor(), w.as_tensor(), hc0.as_tensor()).unwrap();
+        let refd = lstm_seq_generic(xw.as_tensor(), w.as_tensor(), hc0.as_tensor()).unwrap();
         let diff = (&fused - &refd).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "forward differs by {diff}");
         let g1 = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::loss::{kernel_kind, Loss};
-use crate::next_item::SessionScorer;
+use crate::next_item::{SessionScorer, TargetCounts};
 use crate::nn::dropout_mask;
 use crate::optim::Optimizer;
 
@@ -810,6 +810,26 @@ impl SessionScorer for Gru4RecScorer<'_> {
         scores.copy_from_slice(&v);
         Ok(())
     }
+
+    /// On the device path: the rank-count kernel over the output table
+    /// (`seqrec_kernels::rank`), no `[rows, n_ids]` score matrix.
+    fn step_counts(&mut self, inputs: &[u32], targets: &[u32]) -> Result<Option<Vec<TargetCounts>>> {
+        if !self.model.device_ops {
+            return Ok(None);
+        }
+        let h = self.model.step_state(inputs, &mut self.state)?;
+        let counts = seqrec_kernels::rank::rank_counts(&h, &self.model.wy, &self.model.by, targets)?;
+        Ok(Some(
+            counts
+                .iter()
+                .map(|c| TargetCounts {
+                    greater: c.greater as usize,
+                    equal: c.equal as usize,
+                    target_nan: c.target_score.is_nan(),
+                })
+                .collect(),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -1023,7 +1043,12 @@ mod tests {
             .map(|&b| evaluate_sessions(&store, &parts, Part::Test, &mut Gru4RecScorer::new(&model), b, &cfg).unwrap())
             .collect();
         assert!(results[0].n > 0);
-        for r in &results[1..] {
+        // the device path (rank-count op instead of score rows) ranks alike.
+        let mut counted = Gru4Rec::new(shape(vec![6], 0, false), 12, 5, &Device::Cpu).unwrap();
+        counted.set_device_ops(true);
+        let by_counts =
+            evaluate_sessions(&store, &parts, Part::Test, &mut Gru4RecScorer::new(&counted), 3, &cfg).unwrap();
+        for r in results[1..].iter().chain([&by_counts]) {
             assert_eq!(r.n, results[0].n);
             for (a, b) in r.at.iter().zip(&results[0].at) {
                 assert!(

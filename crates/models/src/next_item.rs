@@ -23,7 +23,7 @@ use seqrec_data::split::Part;
 use seqrec_data::synth::sessions::NextItemScorer;
 use seqrec_data::vocab::Vocab;
 use seqrec_data::{Error, SequenceStore};
-use seqrec_eval::{rank, RankingAccumulator, RankingMetrics, Score, TieMode};
+use seqrec_eval::{rank, rank_from_counts, RankingAccumulator, RankingMetrics, Score, TieMode};
 use serde::{Deserialize, Serialize};
 
 /// A model that scores every id as the next item, one event per slot per
@@ -54,6 +54,28 @@ pub trait SessionScorer {
     /// (`inputs.len()` rows × [`Self::n_ids`], row-major; entry 0 of a row is
     /// ignored). Higher is better.
     fn step(&mut self, inputs: &[u32], scores: &mut [Self::Score]) -> Result<(), Self::Error>;
+
+    /// Where the scorer can count without writing score rows (a GPU kernel
+    /// over the item table): feeds `inputs` and returns, per row, the number
+    /// of ids `1..n_ids` other than the row's target scoring above it (or
+    /// NaN), the number scoring exactly the same, and whether the target's
+    /// own score is NaN. `None`, with nothing fed, when it cannot; the
+    /// evaluation then calls [`SessionScorer::step`].
+    fn step_counts(&mut self, inputs: &[u32], targets: &[u32]) -> Result<Option<Vec<TargetCounts>>, Self::Error> {
+        let _ = (inputs, targets);
+        Ok(None)
+    }
+}
+
+/// What [`SessionScorer::step_counts`] returns for one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetCounts {
+    /// Ids scoring strictly above the target, or NaN.
+    pub greater: usize,
+    /// Ids scoring exactly the target's score, the target excluded.
+    pub equal: usize,
+    /// The target's score is NaN (it then gets the worst rank).
+    pub target_nan: bool,
 }
 
 /// Settings of [`evaluate_sessions`].
@@ -123,9 +145,28 @@ pub fn evaluate_sessions<S: SessionScorer + ?Sized>(
                 format!("next-item evaluation: item id {x} at event {e}, expected 1..{n_ids} (the scorer's ids)");
             return Err(Error::Invalid(message).into());
         }
+        let mode = cfg.tie_mode;
+        if let Some(counts) = scorer.step_counts(&step.inputs, &step.targets)? {
+            if counts.len() != rows {
+                let message = format!("next-item evaluation: {} counts for {rows} rows", counts.len());
+                return Err(Error::Invalid(message).into());
+            }
+            ranks.clear();
+            ranks.extend((0..rows).filter(|&r| step.is_target[r]).map(|r| {
+                let c = counts[r];
+                // NaN policy of `rank`: a NaN target is ranked last among the n_ids − 1 candidates.
+                if c.target_nan {
+                    (n_ids - 1) as f64
+                } else {
+                    rank_from_counts(c.greater, c.equal, mode)
+                }
+            }));
+            acc.add_ranks(&ranks);
+            prev_rows = rows;
+            continue;
+        }
         scores.resize(rows * n_ids, S::Score::default());
         scorer.step(&step.inputs, &mut scores)?;
-        let mode = cfg.tie_mode;
         let rank_row = |r: usize| {
             let row = &scores[r * n_ids + 1..(r + 1) * n_ids];
             rank(row, step.targets[r] as usize - 1, mode)
