@@ -145,7 +145,7 @@ pub struct Gru4recArgs {
     /// Item counts of the synthetic sets.
     #[arg(long, value_delimiter = ',', default_value = "8000,40000")]
     items: Vec<usize>,
-    /// Settings to run (a, b, c; see the table).
+    /// Settings to run (a, b, c, a-logq; see `gru4rec_setting`).
     #[arg(long, value_delimiter = ',', default_value = "a,b")]
     settings: Vec<String>,
     /// Epochs per setting.
@@ -279,14 +279,20 @@ pub fn write_json(dir: &Path, name: &str, value: &Value) -> Result<()> {
 
 /// The benchmark settings of the GRU4Rec issue: (a) layers 100, batch 32,
 /// n_sample 2048, cross-entropy, one-hot input; (b) layers 480, batch 48,
-/// n_sample 2048, cross-entropy, constrained embedding; (c) as (a) with n_sample 0.
+/// n_sample 2048, cross-entropy, constrained embedding; (c) as (a) with n_sample 0;
+/// (a-logq) as (a) with logq 1 (the GPU issue's setting (a)).
 fn gru4rec_setting(name: &str, quick: bool, epochs: usize) -> Result<String> {
     let n_sample = if quick { 64 } else { 2048 };
     let body = match name {
         "a" => format!("layers = [100]\nbatch_size = 32\nn_sample = {n_sample}\nconstrained_embedding = false\n"),
         "b" => format!("layers = [480]\nbatch_size = 48\nn_sample = {n_sample}\nconstrained_embedding = true\n"),
         "c" => "layers = [100]\nbatch_size = 32\nn_sample = 0\nconstrained_embedding = false\n".to_owned(),
-        other => bail!("--settings: unknown setting `{other}`, expected a, b or c"),
+        "a-logq" => {
+            format!(
+                "layers = [100]\nbatch_size = 32\nn_sample = {n_sample}\nconstrained_embedding = false\nlogq = 1.0\n"
+            )
+        }
+        other => bail!("--settings: unknown setting `{other}`, expected a, b, c or a-logq"),
     };
     Ok(format!("{body}loss = \"cross-entropy\"\nn_epochs = {epochs}\nsample_store = 1000000\n"))
 }
