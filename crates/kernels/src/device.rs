@@ -63,7 +63,7 @@ pub fn resolve(choice: DeviceChoice) -> Result<(Device, String), String> {
             }
             Device::new_cuda(n)
                 .map(|d| (d, format!("device: cuda:{n} (--device {choice})")))
-                .map_err(|e| format!("--device cuda:{n}: no usable GPU: {e}"))
+                .map_err(|e| format!("--device cuda:{n}: no usable GPU: {}", first_line(&e)))
         }
         DeviceChoice::Auto => {
             if !HAS_CUDA {
@@ -71,10 +71,15 @@ pub fn resolve(choice: DeviceChoice) -> Result<(Device, String), String> {
             }
             match Device::new_cuda(0) {
                 Ok(d) => Ok((d, "device: cuda:0 (auto: a GPU answered)".into())),
-                Err(e) => Ok((Device::Cpu, format!("device: cpu (auto: no GPU answered: {e})"))),
+                Err(e) => Ok((Device::Cpu, format!("device: cpu (auto: no GPU answered: {})", first_line(&e)))),
             }
         }
     }
+}
+
+/// The first line of a candle error (its display may carry a backtrace).
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().trim().to_owned()
 }
 
 /// For tests of CUDA kernels: the first GPU, or `None` after printing why
@@ -87,7 +92,7 @@ pub fn test_gpu() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(d) => Some(d),
         Err(e) => {
-            eprintln!("skipped: no GPU answered ({e})");
+            eprintln!("skipped: no GPU answered ({})", first_line(&e));
             None
         }
     }
