@@ -255,6 +255,9 @@ mod cuda {
         n: usize,
         wout: usize,
     ) -> Result<CudaStorage> {
+        if rows * n == 0 {
+            candle_core::bail!("{kernel}: found {rows} rows of {n} units, expected a non-empty batch");
+        }
         let dev = inputs[0].0.device().clone();
         let views = inputs.iter().map(|(s, l)| view(s, l, kernel)).collect::<Result<Vec<_>>>()?;
         let mut out = dev.alloc_zeros::<f32>(rows * wout * n)?;

@@ -100,6 +100,18 @@ impl RowGroups {
     }
 
     fn check(&self, n_rows: usize, n_grad_rows: usize, what: &str) -> Result<()> {
+        // The fields are public: a hand-built grouping must still be one the
+        // updates can trust (each row once, increasing; every group non-empty).
+        if self.starts.len() != self.rows.len() + 1
+            || self.starts.first() != Some(&0)
+            || self.starts.last() != Some(&self.sources.len())
+            || self.starts.windows(2).any(|w| w[0] >= w[1])
+        {
+            bail!("{what}: row groups whose starts do not split the sources into one non-empty group per row");
+        }
+        if self.rows.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("{what}: row groups whose row ids are not strictly increasing");
+        }
         if let Some(&last) = self.rows.last() {
             if last as usize >= n_rows {
                 bail!("{what}: row id {last} outside a table of {n_rows} rows");
@@ -598,6 +610,9 @@ mod cuda {
                     bail!("{what}: state of {n_state} elements is not [rows, 2 · {width}]");
                 }
                 groups.check(n_rows, n_grad, what)?;
+                if groups.is_empty() {
+                    return Ok(());
+                }
                 let g = upload(&dev, groups)?;
                 let f = func(&dev, Module::Optim, "sparse_state_update")?;
                 let mut b = stream.launch_builder(&f);
@@ -645,6 +660,9 @@ mod cuda {
             Some(groups) => {
                 let width = dims[1..].iter().product::<usize>();
                 groups.check(dims[0], usize::MAX, what)?;
+                if groups.is_empty() {
+                    return Ok(());
+                }
                 let g = upload(&dev, groups)?;
                 let f = func(&dev, Module::Optim, "sparse_apply")?;
                 let mut b = stream.launch_builder(&f);
@@ -858,5 +876,27 @@ mod tests {
         assert_eq!(g.rows, vec![2, 5, 9]);
         assert_eq!(g.starts, vec![0, 2, 4, 5]);
         assert_eq!(g.sources, vec![1, 4, 0, 2, 3]);
+    }
+
+    #[test]
+    fn hand_built_groups_that_would_misindex_are_errors() {
+        let dev = Device::Cpu;
+        let p = Tensor::zeros((6, 2), candle_core::DType::F32, &dev).unwrap();
+        let s = Tensor::zeros((6, 4), candle_core::DType::F32, &dev).unwrap();
+        let g = Tensor::zeros((3, 2), candle_core::DType::F32, &dev).unwrap();
+        let rule = Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 };
+        let bad = [
+            // an empty group
+            RowGroups { rows: vec![1, 2], starts: vec![0, 0, 3], sources: vec![0, 1, 2] },
+            // a row twice
+            RowGroups { rows: vec![2, 2], starts: vec![0, 1, 3], sources: vec![0, 1, 2] },
+            // starts that leave sources out
+            RowGroups { rows: vec![1], starts: vec![0, 2], sources: vec![0, 1, 2] },
+        ];
+        for groups in &bad {
+            let err = sparse_step_two_pass(rule, &p, &s, &g, groups).unwrap_err().to_string();
+            assert!(err.contains("row groups"), "{groups:?}: {err}");
+        }
+        assert!(sparse_step_two_pass(rule, &p, &s, &g, &RowGroups::new(&[1, 4, 1])).is_ok());
     }
 }

@@ -80,6 +80,10 @@ pub fn rank_counts_cpu(
 /// # Errors
 /// As [`rank_counts_cpu`]; tensors on different devices; a device without the op.
 pub fn rank_counts(states: &Tensor, table: &Tensor, bias: &Tensor, targets: &[u32]) -> Result<Vec<RankCounts>> {
+    if targets.is_empty() {
+        // nothing to count (and no zero-length device buffers)
+        return Ok(Vec::new());
+    }
     let (states, table, bias) = (states.contiguous()?, table.contiguous()?, bias.flatten_all()?.contiguous()?);
     let op = RankOp { targets, scores: Default::default() };
     let counts = states.apply_op3_no_bwd(&table, &bias, &op)?.to_vec2::<u32>()?;
@@ -103,7 +107,7 @@ fn dims(ls: [&Layout; 3], targets: usize) -> Result<(usize, usize)> {
     let (&[rows, width], &[n_items, w2]) = (ls[0].dims(), ls[1].dims()) else {
         bail!("rank counts: expected states [B, H] and a table [N, H], found {:?} and {:?}", ls[0].dims(), ls[1].dims())
     };
-    if w2 != width || ls[2].shape().elem_count() != n_items || rows != targets {
+    if width == 0 || w2 != width || ls[2].shape().elem_count() != n_items || rows != targets {
         bail!(
             "rank counts: states {:?}, table {:?}, {} biases and {targets} targets do not fit",
             ls[0].dims(),
