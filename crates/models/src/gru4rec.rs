@@ -798,16 +798,21 @@ impl SessionScorer for Gru4RecScorer<'_> {
     }
 
     fn step(&mut self, inputs: &[u32], scores: &mut [f32]) -> Result<()> {
-        let s = self.model.score_all(inputs, &mut self.state)?;
-        let v = s.flatten_all()?.to_vec1::<f32>()?;
-        if v.len() != scores.len() {
+        let want = inputs.len() * self.model.n_ids;
+        if scores.len() != want {
             return Err(ModelError::Invalid(format!(
-                "GRU4Rec scorer: {} scores for a buffer of {}",
-                v.len(),
+                "GRU4Rec scorer: {want} scores for a buffer of {}",
                 scores.len()
             )));
         }
-        scores.copy_from_slice(&v);
+        if self.model.device.is_cpu() {
+            // Straight into the caller's rows: no [rows, n_ids] temporaries.
+            let h = self.model.step_state(inputs, &mut self.state)?;
+            seqrec_kernels::matmul::scores_into(&h, &self.model.wy, &self.model.by, scores)?;
+            return Ok(());
+        }
+        let s = self.model.score_all(inputs, &mut self.state)?;
+        scores.copy_from_slice(&s.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     }
 
