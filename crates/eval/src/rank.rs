@@ -78,19 +78,26 @@ pub fn rank_from_counts(n_greater: usize, n_equal: usize, mode: TieMode) -> f64 
 /// If `target >= scores.len()` (a caller bug).
 pub fn tie_counts<S: Score>(scores: &[S], target: usize) -> (usize, usize) {
     let t = scores[target];
-    let mut greater = 0usize;
-    let mut equal = 0usize;
-    for (i, &s) in scores.iter().enumerate() {
-        if i == target {
-            continue;
-        }
-        if s > t || s.is_nan_score() {
-            greater += 1;
-        } else if s == t {
-            equal += 1;
-        }
+    if t.is_nan_score() {
+        // Nothing equals NaN; only NaN candidates count as greater.
+        let nan = scores.iter().enumerate().filter(|&(i, s)| i != target && s.is_nan_score()).count();
+        return (nan, 0);
     }
-    (greater, equal)
+    // Branch-free over every entry, the target included, so that the loop
+    // vectorises (full ranking spends its time here): `!(s <= t)` is
+    // "greater or NaN". Counted in u32 blocks (vector lanes), summed in usize.
+    let (mut greater, mut equal) = (0usize, 0usize);
+    for block in scores.chunks(1 << 20) {
+        let (mut g, mut e) = (0u32, 0u32);
+        for &s in block {
+            g += u32::from(!(s <= t));
+            e += u32::from(s == t);
+        }
+        greater += g as usize;
+        equal += e as usize;
+    }
+    // The target itself scored equal (t is not NaN).
+    (greater, equal - 1)
 }
 
 /// The 1-based rank of `scores[target]` among all of `scores` (higher score =
@@ -127,6 +134,45 @@ mod tests {
         assert_eq!(rank_from_counts(3, 4, TieMode::Median), 6.0);
         assert_eq!(rank_from_counts(3, 3, TieMode::Median), 5.5);
         assert_eq!(TieMode::STANDARD, TieMode::Optimistic);
+    }
+
+    /// The branch-free counting equals the definition written as branches,
+    /// with ties, NaN candidates and NaN targets, in f32 and f64.
+    #[test]
+    fn counts_equal_the_branchy_definition() {
+        fn naive<S: Score>(s: &[S], target: usize) -> (usize, usize) {
+            let t = s[target];
+            let (mut g, mut e) = (0, 0);
+            for (i, &x) in s.iter().enumerate() {
+                if i == target {
+                    continue;
+                }
+                if x > t || x.is_nan_score() {
+                    g += 1;
+                } else if x == t {
+                    e += 1;
+                }
+            }
+            (g, e)
+        }
+        let mut x = 17u64;
+        for len in [1usize, 2, 7, 64, 1000] {
+            let v: Vec<f32> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    match (x >> 60) % 8 {
+                        0 => f32::NAN,
+                        1 | 2 => 0.5,
+                        _ => ((x >> 33) % 7) as f32 * 0.25,
+                    }
+                })
+                .collect();
+            let w: Vec<f64> = v.iter().map(|&a| f64::from(a)).collect();
+            for target in 0..len {
+                assert_eq!(tie_counts(&v, target), naive(&v, target), "f32 len {len} target {target}");
+                assert_eq!(tie_counts(&w, target), naive(&w, target), "f64 len {len} target {target}");
+            }
+        }
     }
 
     #[test]
