@@ -76,6 +76,8 @@ pub fn rank_from_counts(n_greater: usize, n_equal: usize, mode: TieMode) -> f64 
 ///
 /// # Panics
 /// If `target >= scores.len()` (a caller bug).
+// `!(s <= t)` on purpose: it is "greater or NaN" in one comparison that vectorises.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 pub fn tie_counts<S: Score>(scores: &[S], target: usize) -> (usize, usize) {
     let t = scores[target];
     if t.is_nan_score() {
