@@ -22,6 +22,10 @@ tasks:
                      small sizes in seconds, as CI does; results in target/bench/
   data ARGS...       `seqrec data ARGS...` with the release binary
   ci                 fmt --check, clippy -D warnings, test, bench --quick
+  gpu-pack           build the `cuda` binary and GPU test binaries (needs nvcc; see
+                     ../shared/docs/gpu.md) and pack them, stripped and gzipped, into
+                     .gpu/ for a GPU machine without Rust; run there with
+                     scripts/gpu-run.sh (the device tool: carry .gpu)
 ";
 
 fn main() -> Result<()> {
@@ -37,6 +41,7 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "data" => seqrec(&[&["data"], &strs(rest)[..]].concat()),
         "ci" => ci(),
+        "gpu-pack" => gpu_pack(),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -203,4 +208,51 @@ fn ci() -> Result<()> {
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     test(&[])?;
     bench(&["--quick".into()])
+}
+
+/// Builds the `cuda` binary and the GPU test binaries into `target/cuda`
+/// and packs them into `.gpu/` (stripped, gzipped: the binary alone is
+/// ≈ 60 MB stripped, the device tool carries 64 MiB in all).
+fn gpu_pack() -> Result<()> {
+    if Command::new("nvcc").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        bail!("gpu-pack: `nvcc` is not on PATH; get a CUDA toolkit first (../shared/docs/gpu.md, steps 1-3)");
+    }
+    let target = ["--target-dir", "target/cuda"];
+    run(cargo().args(["build", "--release", "-p", "seqrec", "--features", "cuda"]).args(target))?;
+    let out = cargo()
+        .args(["test", "--release", "--features", "cuda", "-p", "seqrec-kernels", "-p", "seqrec-models", "--no-run"])
+        .args(["--message-format", "json"])
+        .args(target)
+        .output()
+        .context("building the GPU test binaries")?;
+    if !out.status.success() {
+        bail!("building the GPU test binaries failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Test binaries named `gpu` (tests/gpu.rs), one per crate.
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["target"]["name"] == "gpu" {
+            if let (Some(exe), Some(pkg)) = (msg["executable"].as_str(), msg["package_id"].as_str()) {
+                let krate = if pkg.contains("kernels") { "kernels" } else { "models" };
+                tests.push((PathBuf::from(exe), format!("gpu-{krate}")));
+            }
+        }
+    }
+    if tests.len() != 2 {
+        bail!("gpu-pack: expected the GPU test binaries of seqrec-kernels and seqrec-models, found {tests:?}");
+    }
+    let dir = Path::new(".gpu");
+    std::fs::create_dir_all(dir)?;
+    let mut items = vec![(PathBuf::from("target/cuda/release/seqrec"), "seqrec".to_owned())];
+    items.extend(tests);
+    for (src, name) in &items {
+        let stripped = dir.join(name);
+        run(Command::new("strip").arg("-o").arg(&stripped).arg(src))?;
+        run(Command::new("gzip").args(["-f", "-9"]).arg(&stripped))?;
+        let size = std::fs::metadata(dir.join(format!("{name}.gz")))?.len();
+        println!("{}: {:.1} MB", dir.join(format!("{name}.gz")).display(), size as f64 / 1e6);
+    }
+    println!("run on a GPU machine (carry .gpu): bash scripts/gpu-run.sh");
+    Ok(())
 }

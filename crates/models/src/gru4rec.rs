@@ -800,10 +800,7 @@ impl SessionScorer for Gru4RecScorer<'_> {
     fn step(&mut self, inputs: &[u32], scores: &mut [f32]) -> Result<()> {
         let want = inputs.len() * self.model.n_ids;
         if scores.len() != want {
-            return Err(ModelError::Invalid(format!(
-                "GRU4Rec scorer: {want} scores for a buffer of {}",
-                scores.len()
-            )));
+            return Err(ModelError::Invalid(format!("GRU4Rec scorer: {want} scores for a buffer of {}", scores.len())));
         }
         if self.model.device.is_cpu() {
             // Straight into the caller's rows: no [rows, n_ids] temporaries.
