@@ -502,7 +502,7 @@ pub fn sparse_fused_cpu(
     // memory traffic on tables larger than the cache). The parameters and
     // slot 0 are bit-identical to the general rule's (0·m − x = −x).
     let plain = match *rule {
-        Rule::AdagradM { lr, momentum, eps } if momentum == 0.0 => Some((lr, eps)),
+        Rule::AdagradM { lr, momentum: 0.0, eps } => Some((lr, eps)),
         _ => None,
     };
     let task = |(c, rows): (usize, &mut [RowPair<'_>])| {
