@@ -25,7 +25,7 @@ tasks:
   gpu-pack           build the `cuda` binary and GPU test binaries (needs nvcc; see
                      ../shared/docs/gpu.md) and pack them, stripped and gzipped, into
                      .gpu/ for a GPU machine without Rust; run there with
-                     scripts/gpu-run.sh (the device tool: carry .gpu)
+                     xtask/gpu-run.sh (the device tool: carry .gpu)
 ";
 
 fn main() -> Result<()> {
@@ -253,6 +253,6 @@ fn gpu_pack() -> Result<()> {
         let size = std::fs::metadata(dir.join(format!("{name}.gz")))?.len();
         println!("{}: {:.1} MB", dir.join(format!("{name}.gz")).display(), size as f64 / 1e6);
     }
-    println!("run on a GPU machine (carry .gpu): bash scripts/gpu-run.sh");
+    println!("run on a GPU machine (carry .gpu): bash xtask/gpu-run.sh");
     Ok(())
 }

@@ -4,8 +4,8 @@
 # binaries, check the kernels against their CPU references, then run the
 # GRU4Rec GPU benchmark of issue 7. Results land in $OUT (or /tmp/seqrec-gpu).
 #
-#   bash scripts/gpu-run.sh            # tests, then the benchmark
-#   bash scripts/gpu-run.sh tests      # tests only
+#   bash xtask/gpu-run.sh            # tests, then the benchmark
+#   bash xtask/gpu-run.sh tests      # tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/seqrec-gpu}
