@@ -18,6 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use crate::act::{sigmoid_f32, tanh_f32};
+use crate::optim::f32_slice as slice;
 
 /// Rows below which a stage runs on the calling thread (twice this: parallel).
 const CHUNK_ROWS: usize = 64;
@@ -56,12 +57,6 @@ fn rows_units(stage_name: &str, l: &Layout, k: usize) -> Result<(usize, usize)> 
         bail!("{stage_name}: found width {w}, expected a positive multiple of {k}");
     }
     Ok((rows, w / k))
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { bail!("{what}: expected an f32 tensor") };
-    let Some((a, b)) = l.contiguous_offsets() else { bail!("{what}: expected a contiguous tensor") };
-    Ok(&v[a..b])
 }
 
 /// Checks that input `k` is `[rows, widths[k]·n]`.
@@ -127,6 +122,16 @@ fn backward_a_cpu(d_rh: &[f32], gates: &[f32], n: usize, out: &mut [f32]) {
 #[derive(Debug)]
 struct Op3(Stage);
 
+impl Op3 {
+    /// `(rows, n, output width in units of n)` of the inputs, checked.
+    fn shape(&self, ls: [&Layout; 3]) -> Result<(usize, usize, usize)> {
+        let (win, wout) = self.0.widths();
+        let (rows, n) = rows_units(self.0.name(), ls[0], win[0])?;
+        check(self.0.name(), ls, win, rows, n)?;
+        Ok((rows, n, wout))
+    }
+}
+
 impl CustomOp3 for Op3 {
     fn name(&self) -> &'static str {
         self.0.name()
@@ -142,9 +147,7 @@ impl CustomOp3 for Op3 {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let what = self.name();
-        let (win, wout) = self.0.widths();
-        let (rows, n) = rows_units(what, l1, win[0])?;
-        check(what, [l1, l2, l3], win, rows, n)?;
+        let (rows, n, wout) = self.shape([l1, l2, l3])?;
         let mut out = vec![0f32; rows * wout * n];
         stage_cpu(self.0, slice(s1, l1, what)?, slice(s2, l2, what)?, slice(s3, l3, what)?, n, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((rows, wout * n))))
@@ -160,10 +163,7 @@ impl CustomOp3 for Op3 {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let what = self.name();
-        let (win, wout) = self.0.widths();
-        let (rows, n) = rows_units(what, l1, win[0])?;
-        check(what, [l1, l2, l3], win, rows, n)?;
+        let (rows, n, wout) = self.shape([l1, l2, l3])?;
         let kernel = match self.0 {
             Stage::ForwardA => "gru_forward_a",
             Stage::ForwardB => "gru_forward_b",
@@ -177,6 +177,16 @@ impl CustomOp3 for Op3 {
 #[derive(Debug)]
 struct BackwardA;
 
+impl BackwardA {
+    /// `(rows, n)` of `d_rh` `[rows, n]` and `gates` `[rows, 4n]`, checked.
+    fn shape(l1: &Layout, l2: &Layout) -> Result<(usize, usize)> {
+        let what = "gru-backward-a";
+        let (rows, n) = rows_units(what, l1, 1)?;
+        check(what, [l1, l2, l1], [1, 4, 1], rows, n)?;
+        Ok((rows, n))
+    }
+}
+
 impl CustomOp2 for BackwardA {
     fn name(&self) -> &'static str {
         "gru-backward-a"
@@ -184,8 +194,7 @@ impl CustomOp2 for BackwardA {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let what = self.name();
-        let (rows, n) = rows_units(what, l1, 1)?;
-        check(what, [l1, l2, l1], [1, 4, 1], rows, n)?;
+        let (rows, n) = Self::shape(l1, l2)?;
         let mut out = vec![0f32; rows * n];
         backward_a_cpu(slice(s1, l1, what)?, slice(s2, l2, what)?, n, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
@@ -199,9 +208,7 @@ impl CustomOp2 for BackwardA {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let what = self.name();
-        let (rows, n) = rows_units(what, l1, 1)?;
-        check(what, [l1, l2, l1], [1, 4, 1], rows, n)?;
+        let (rows, n) = Self::shape(l1, l2)?;
         let out = cuda::run("gru_backward_a", [(s1, l1), (s2, l2)].as_slice(), rows, n, 1)?;
         Ok((out, Shape::from((rows, n))))
     }

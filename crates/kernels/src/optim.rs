@@ -232,7 +232,8 @@ pub fn sparse_apply_cpu(rule: &Rule, param: &mut [f32], state: &[f32], width: us
     });
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 elements of a contiguous CPU tensor (shared by the kernels' CPU ops).
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { bail!("{what}: expected an f32 tensor") };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),

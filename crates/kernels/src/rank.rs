@@ -13,6 +13,8 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::optim::f32_slice;
+
 /// Counts for one batch row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RankCounts {
@@ -50,9 +52,7 @@ pub fn rank_counts_cpu(
             targets.len()
         );
     }
-    if let Some(&t) = targets.iter().find(|&&t| t == 0 || t as usize >= n_items) {
-        bail!("rank counts: target id {t}, expected 1..{n_items}");
-    }
+    check_targets(targets, n_items)?;
     Ok(targets
         .par_iter()
         .enumerate()
@@ -72,6 +72,14 @@ pub fn rank_counts_cpu(
             RankCounts { greater, equal, target_score: ts }
         })
         .collect())
+}
+
+/// Every target must be an item id `1..n_items` (0 is padding).
+fn check_targets(targets: &[u32], n_items: usize) -> Result<()> {
+    if let Some(&t) = targets.iter().find(|&&t| t == 0 || t as usize >= n_items) {
+        bail!("rank counts: target id {t}, expected 1..{n_items}");
+    }
+    Ok(())
 }
 
 /// Rank counts on the tensors' device: `states` `[B, H]`, `table` `[N, H]`,
@@ -133,12 +141,9 @@ impl CustomOp3 for RankOp<'_> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (width, _) = dims([l1, l2, l3], self.targets.len())?;
-        let slice = |s: &'_ CpuStorage, l: &Layout| -> Result<Vec<f32>> {
-            let CpuStorage::F32(v) = s else { bail!("rank counts: expected f32 tensors") };
-            let Some((a, b)) = l.contiguous_offsets() else { bail!("rank counts: expected contiguous tensors") };
-            Ok(v[a..b].to_vec())
-        };
-        let counts = rank_counts_cpu(&slice(s1, l1)?, &slice(s2, l2)?, &slice(s3, l3)?, self.targets, width)?;
+        let what = self.name();
+        let (states, table, bias) = (f32_slice(s1, l1, what)?, f32_slice(s2, l2, what)?, f32_slice(s3, l3, what)?);
+        let counts = rank_counts_cpu(states, table, bias, self.targets, width)?;
         let rows = counts.len();
         let mut out: Vec<u32> = counts.iter().map(|c| c.greater).collect();
         out.extend(counts.iter().map(|c| c.equal));
@@ -158,9 +163,7 @@ impl CustomOp3 for RankOp<'_> {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let (width, n_items) = dims([l1, l2, l3], self.targets.len())?;
-        if let Some(&t) = self.targets.iter().find(|&&t| t == 0 || t as usize >= n_items) {
-            bail!("rank counts: target id {t}, expected 1..{n_items}");
-        }
+        check_targets(self.targets, n_items)?;
         let (out, scores) = cuda::run([(s1, l1), (s2, l2), (s3, l3)], self.targets, width, n_items)?;
         *self.scores.lock().map_err(|_| candle_core::Error::Msg("rank counts: poisoned".into()))? = scores;
         Ok((out, Shape::from((2, self.targets.len()))))
