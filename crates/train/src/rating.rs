@@ -78,6 +78,10 @@ pub struct RatingConfig {
     pub weight_decay: f32,
     /// `one-cycle` or `constant`.
     pub schedule: String,
+    /// Training loss: `mse` (mean squared error, the default: predicts the
+    /// conditional mean, what RMSE rewards) or `mae` (mean absolute error:
+    /// predicts the conditional median, what MAE rewards).
+    pub loss: String,
     /// Training rows per step.
     pub batch_size: usize,
     /// Rows per evaluation batch.
@@ -113,6 +117,7 @@ impl Default for RatingConfig {
             learning_rate: 0.01,
             weight_decay: 0.01,
             schedule: "one-cycle".into(),
+            loss: "mse".into(),
             batch_size: 512,
             eval_batch_size: 4096,
             n_epochs: 10,
@@ -125,6 +130,9 @@ impl Default for RatingConfig {
 
 /// The models a rating config can name.
 pub const RATING_MODELS: [&str; 3] = ["median", "mf", "bst"];
+
+/// The training losses a rating config can name.
+pub const RATING_LOSSES: [&str; 2] = ["mse", "mae"];
 
 impl RunConfig for RatingConfig {
     /// Checks every value; the error names the key and what was expected.
@@ -148,6 +156,9 @@ impl RunConfig for RatingConfig {
                 "key `schedule`: unknown schedule `{}`, expected `one-cycle` or `constant`",
                 self.schedule
             ));
+        }
+        if !RATING_LOSSES.contains(&self.loss.as_str()) {
+            return Err(format!("key `loss`: unknown loss `{}`, expected one of {RATING_LOSSES:?}", self.loss));
         }
         if let Some([lo, hi]) = self.output_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
@@ -369,7 +380,7 @@ impl Inputs {
 pub struct RatingEpoch {
     /// 1-based epoch.
     pub epoch: usize,
-    /// Mean training MSE.
+    /// Mean training loss (the config's `loss`).
     pub loss: f64,
     /// Training rows.
     pub events: usize,
@@ -590,7 +601,8 @@ pub fn train_rating(cfg: &RatingConfig, data: &Dataset, run: &RunDir, opts: &Rat
             let mut rng = Rng::fork(cfg.seed ^ 0xD80F_0A7E, step);
             let pred = model.predict(&batch, Some(&mut rng))?;
             let target = Tensor::from_slice(&batch.ratings, n, &opts.device)?;
-            let loss = (pred - target)?.sqr()?.mean_all()?;
+            let diff = (pred - target)?;
+            let loss = if cfg.loss == "mae" { diff.abs()? } else { diff.sqr()? }.mean_all()?;
             let l = loss.to_scalar::<f32>()?;
             if !l.is_finite() {
                 return Err(TrainError::Invalid(format!(
@@ -617,8 +629,9 @@ pub fn train_rating(cfg: &RatingConfig, data: &Dataset, run: &RunDir, opts: &Rat
         };
         let mae = valid_m.as_ref().and_then(|m| m.mae);
         tracing::info!(
-            "{} epoch {epoch}: train MSE {:.4}, {:.1} s{}",
+            "{} epoch {epoch}: train {} {:.4}, {:.1} s{}",
             cfg.model,
+            cfg.loss.to_uppercase(),
             line.loss,
             secs,
             mae.map(|v| format!(", valid MAE {v:.4}")).unwrap_or_default()

@@ -27,6 +27,11 @@ fn dataset(dir: &Path) -> Dataset {
 }
 
 fn dataset_split(dir: &Path, split: &str) -> Dataset {
+    dataset_with(dir, split, |_, planted| planted.round().clamp(1.0, 5.0))
+}
+
+/// The planted set with each rating drawn by `rate(rng, planted value)`.
+fn dataset_with(dir: &Path, split: &str, mut rate: impl FnMut(&mut Rng, f64) -> f64) -> Dataset {
     let mut rng = Rng::new(11);
     let (n_users, n_items, per_user) = (160usize, 60usize, 40usize);
     let item_bias: Vec<f64> = (0..n_items).map(|_| rng.normal() * 0.6).collect();
@@ -39,7 +44,7 @@ fn dataset_split(dir: &Path, split: &str) -> Dataset {
         for k in 0..per_user {
             mood = 0.9 * mood + 0.35 * rng.normal();
             let i = rng.below(n_items as u64) as usize;
-            let r = (3.4 + bias + item_bias[i] + mood).round().clamp(1.0, 5.0);
+            let r = rate(&mut rng, 3.4 + bias + item_bias[i] + mood);
             let _ = writeln!(ratings, "{},{},{r},{}", u + 1, i + 1, 1_000_000 + u * 10_000 + k * 60);
         }
     }
@@ -104,6 +109,48 @@ fn mf_and_bst_beat_the_median_on_planted_ratings() {
     assert_eq!(lines.lines().count(), bst.epochs);
 }
 
+/// Ratings that ignore user and movie: 5 stars with probability 0.75, else 1
+/// (so that nearly every user's own median is 5 as well). The best constant
+/// under absolute error is the median (5), under squared error the mean (≈ 4). An MF trained with `loss = "mae"` must score the
+/// test set like the constant 5, one trained with `mse` like the training
+/// mean — both computed here from the ratings file (the last rating of each
+/// user is test, the second last validation).
+#[test]
+fn the_mae_loss_predicts_the_median_and_the_mse_loss_the_mean() {
+    let dir = scratch("loss");
+    let data = dataset_with(&dir, "kind = \"leave_last_out\"\nn = 1\nvalid = 1\n", |rng, _| {
+        if rng.uniform() < 0.75 {
+            5.0
+        } else {
+            1.0
+        }
+    });
+    // Rows are written user by user in time order: 40 per user.
+    let text = std::fs::read_to_string(dir.join("ratings.csv")).unwrap();
+    let stars: Vec<f64> = text.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
+    let (train, test): (Vec<f64>, Vec<f64>) =
+        (stars.chunks(40).flat_map(|u| u[..38].to_vec()).collect(), stars.chunks(40).map(|u| u[39]).collect());
+    let mean = train.iter().sum::<f64>() / train.len() as f64;
+    let mae_of = |c: f64| test.iter().map(|r| (r - c).abs()).sum::<f64>() / test.len() as f64;
+    let mf = |loss: &str| {
+        let text = format!(
+            "model = \"mf\"\nn_factors = 1\ninit_std = 0.01\nlearning_rate = 0.05\nbatch_size = 64\n\
+             n_epochs = 6\npatience = 0\nloss = \"{loss}\"\n"
+        );
+        run(&config(&text), &data, &dir.join(loss))
+    };
+    let (l1, l2) = (mf("mae"), mf("mse"));
+    eprintln!(
+        "test MAE: MF-mae {:.4} (constant 5: {:.4}), MF-mse {:.4} (train mean {mean:.3}: {:.4})",
+        mae(&l1),
+        mae_of(5.0),
+        mae(&l2),
+        mae_of(mean)
+    );
+    assert!((mae(&l1) - mae_of(5.0)).abs() < 0.03, "MF-mae {} vs {}", mae(&l1), mae_of(5.0));
+    assert!((mae(&l2) - mae_of(mean)).abs() < 0.03, "MF-mse {} vs {}", mae(&l2), mae_of(mean));
+}
+
 #[test]
 fn a_global_time_cut_is_named_in_the_results() {
     let dir = scratch("time-cut");
@@ -122,6 +169,7 @@ fn bad_rating_configs_name_the_key() {
         ("model = \"svd\"", "key `model`"),
         ("model = \"bst\"\nheads = 7", "`heads`"),
         ("model = \"mf\"\nschedule = \"cosine\"", "key `schedule`"),
+        ("model = \"mf\"\nloss = \"huber\"", "key `loss`"),
         ("model = \"mf\"\nbatch_size = \"big\"", "batch_size"),
         ("model = \"mf\"\nlearning_rte = 0.1", "learning_rte"),
         ("model = \"mf\"\noutput_range = [5, 1]", "key `output_range`"),
