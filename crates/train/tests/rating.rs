@@ -21,6 +21,9 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+/// Ratings per user in the generated sets (written user by user, in time order).
+const PER_USER: usize = 40;
+
 /// 160 users × 40 ratings of 60 movies; rating = round(3.4 + b_u + b_i + mood), clamped to 1..5.
 fn dataset(dir: &Path) -> Dataset {
     dataset_split(dir, "kind = \"leave_last_out\"\nn = 1\nvalid = 1\n")
@@ -33,7 +36,7 @@ fn dataset_split(dir: &Path, split: &str) -> Dataset {
 /// The planted set with each rating drawn by `rate(rng, planted value)`.
 fn dataset_with(dir: &Path, split: &str, mut rate: impl FnMut(&mut Rng, f64) -> f64) -> Dataset {
     let mut rng = Rng::new(11);
-    let (n_users, n_items, per_user) = (160usize, 60usize, 40usize);
+    let (n_users, n_items) = (160usize, 60usize);
     let item_bias: Vec<f64> = (0..n_items).map(|_| rng.normal() * 0.6).collect();
     let mut ratings = String::from("user,movie,stars,ts\n");
     let mut users = String::from("user,gender,age\n");
@@ -41,7 +44,7 @@ fn dataset_with(dir: &Path, split: &str, mut rate: impl FnMut(&mut Rng, f64) -> 
         let bias = rng.normal() * 0.6;
         let _ = writeln!(users, "{},{},{}", u + 1, if u % 2 == 0 { "F" } else { "M" }, 18 + (u % 5) * 10);
         let mut mood = rng.normal() * 0.8;
-        for k in 0..per_user {
+        for k in 0..PER_USER {
             mood = 0.9 * mood + 0.35 * rng.normal();
             let i = rng.below(n_items as u64) as usize;
             let r = rate(&mut rng, 3.4 + bias + item_bias[i] + mood);
@@ -111,10 +114,11 @@ fn mf_and_bst_beat_the_median_on_planted_ratings() {
 
 /// Ratings that ignore user and movie: 5 stars with probability 0.75, else 1
 /// (so that nearly every user's own median is 5 as well). The best constant
-/// under absolute error is the median (5), under squared error the mean (≈ 4). An MF trained with `loss = "mae"` must score the
-/// test set like the constant 5, one trained with `mse` like the training
-/// mean — both computed here from the ratings file (the last rating of each
-/// user is test, the second last validation).
+/// under absolute error is the median (5), under squared error the mean
+/// (≈ 4). An MF trained with `loss = "mae"` must score the test set like the
+/// constant 5, one trained with `mse` like the training mean — both computed
+/// here from the ratings file (the last rating of each user is test, the
+/// second last validation).
 #[test]
 fn the_mae_loss_predicts_the_median_and_the_mse_loss_the_mean() {
     let dir = scratch("loss");
@@ -125,11 +129,11 @@ fn the_mae_loss_predicts_the_median_and_the_mse_loss_the_mean() {
             1.0
         }
     });
-    // Rows are written user by user in time order: 40 per user.
     let text = std::fs::read_to_string(dir.join("ratings.csv")).unwrap();
     let stars: Vec<f64> = text.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
-    let (train, test): (Vec<f64>, Vec<f64>) =
-        (stars.chunks(40).flat_map(|u| u[..38].to_vec()).collect(), stars.chunks(40).map(|u| u[39]).collect());
+    let users = || stars.chunks(PER_USER);
+    let train: Vec<f64> = users().flat_map(|u| u[..PER_USER - 2].to_vec()).collect();
+    let test: Vec<f64> = users().map(|u| u[PER_USER - 1]).collect();
     let mean = train.iter().sum::<f64>() / train.len() as f64;
     let mae_of = |c: f64| test.iter().map(|r| (r - c).abs()).sum::<f64>() / test.len() as f64;
     let mf = |loss: &str| {
