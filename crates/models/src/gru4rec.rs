@@ -608,17 +608,43 @@ impl Gru4Rec {
             let d_bias = d_scores.sum(0)?.reshape((n_out, 1))?;
             (value as f32, d_scores, d_bias)
         };
-        let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
+        let constrained = self.shape.input() == Input::Constrained;
+        // Constrained on the CPU: the output table's gradient is [dx ‖ dO];
+        // dO is written straight after room for dx instead of being copied
+        // there by a concatenation (4 MB per step at 480 units).
+        let mut wy_grad = Vec::new();
+        let (d_o, d_y) = if constrained && self.device.is_cpu() {
+            let width = y.dim(1)?;
+            wy_grad.reserve((rows + n_out) * width);
+            wy_grad.resize(rows * width, 0.0);
+            seqrec_kernels::matmul::matmul_append(&d_scores.t()?, &y, &mut wy_grad)?;
+            (None, mm(&d_scores, &o)?)
+        } else {
+            let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
+            (Some(d_o), d_y)
+        };
         let mut out = Vec::new();
         let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, &mut out)?;
         match self.shape.input() {
             Input::Constrained => {
                 let mut ids = batch.inputs.to_vec();
                 ids.extend_from_slice(&out_ids);
-                out.push(ParamGrad { name: "wy".into(), grad: Tensor::cat(&[&dx, &d_o], 0)?, rows: Some(ids) });
+                let grad = match d_o {
+                    Some(d_o) => Tensor::cat(&[&dx, &d_o], 0)?,
+                    None => {
+                        let width = dx.dim(1)?;
+                        let dx = dx.flatten_all()?.to_vec1::<f32>()?;
+                        wy_grad[..dx.len()].copy_from_slice(&dx);
+                        Tensor::from_vec(wy_grad, (rows + n_out, width), &self.device)?
+                    }
+                };
+                out.push(ParamGrad { name: "wy".into(), grad, rows: Some(ids) });
             }
             input => {
                 let name = if input == Input::OneHot { "layer0.wx" } else { "embedding" };
+                let d_o = d_o.ok_or_else(|| {
+                    ModelError::Invalid("GRU4Rec: no separate dO outside the constrained mode".into())
+                })?;
                 out.push(ParamGrad { name: name.into(), grad: dx, rows: Some(batch.inputs.to_vec()) });
                 out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(out_ids.clone()) });
             }
