@@ -47,9 +47,11 @@ impl CustomOp1 for Act {
         let src = &v[a..b];
         let mut out = vec![0f32; src.len()];
         let kind = self.0;
-        let run = |(o, x): (&mut [f32], &[f32])| match kind {
-            Kind::Sigmoid => o.iter_mut().zip(x).for_each(|(o, &x)| *o = sigmoid_f32(x)),
-            Kind::Tanh => o.iter_mut().zip(x).for_each(|(o, &x)| *o = tanh_f32(x)),
+        let run = |(o, x): (&mut [f32], &[f32])| {
+            crate::simd::dispatch(|| match kind {
+                Kind::Sigmoid => o.iter_mut().zip(x).for_each(|(o, &x)| *o = sigmoid_f32(x)),
+                Kind::Tanh => o.iter_mut().zip(x).for_each(|(o, &x)| *o = tanh_f32(x)),
+            })
         };
         if src.len() > CHUNK {
             out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(run);

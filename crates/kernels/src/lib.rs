@@ -13,6 +13,7 @@
 //!   and backward, fused into four ops.
 //! - [`rank`]: full-ranking rank counts (items above / equal to the target)
 //!   without a batch × catalogue score matrix.
+//! - [`simd`]: element-wise loops compiled for AVX-512 where the CPU has it.
 //! - [`device`]: `--device cpu|cuda[:N]|auto` and what it resolves to.
 //!
 //! With the `cuda` feature, `build.rs` compiles `cuda/*.cu` to PTX and the
@@ -30,3 +31,4 @@ pub mod lstm;
 pub mod matmul;
 pub mod optim;
 pub mod rank;
+pub mod simd;

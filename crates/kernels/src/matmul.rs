@@ -220,6 +220,11 @@ pub fn gather_rows(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     if width > 0 {
         let copy = |(k, out): (usize, &mut [std::mem::MaybeUninit<f32>])| {
             for (j, row) in out.chunks_exact_mut(width).enumerate() {
+                // Random rows of a table larger than the cache: ask for the
+                // rows a few ids ahead (as the sparse optimiser step does).
+                if let Some(&ahead) = ids.get(k * GATHER_CHUNK + j + crate::optim::PREFETCH_AHEAD) {
+                    crate::optim::prefetch(&src[ahead as usize * width..(ahead as usize + 1) * width]);
+                }
                 let r = ids[k * GATHER_CHUNK + j] as usize;
                 for (d, &x) in row.iter_mut().zip(&src[r * width..(r + 1) * width]) {
                     d.write(x);

@@ -144,7 +144,7 @@ fn touched_rows<'a>(data: &'a mut [f32], width: usize, rows: &[u32]) -> Vec<&'a 
 }
 
 /// Updates the two state slots `(a, b)` of some elements from their summed gradient `g`.
-#[inline]
+#[inline(always)]
 fn update_state(rule: &Rule, a: &mut [f32], b: &mut [f32], g: &[f32]) {
     match *rule {
         Rule::AdagradM { lr, momentum, eps } => {
@@ -163,7 +163,7 @@ fn update_state(rule: &Rule, a: &mut [f32], b: &mut [f32], g: &[f32]) {
 }
 
 /// Adds the step read from (or computed from) the state slots `(a, b)` to the elements `p`.
-#[inline]
+#[inline(always)]
 fn apply_step(rule: &Rule, p: &mut [f32], a: &[f32], b: &[f32]) {
     match *rule {
         Rule::AdagradM { .. } => {
@@ -204,7 +204,7 @@ pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], wid
 
 /// The gradient of group `g` (row `groups.rows[g]`): its one gradient row as
 /// is, or its gradient rows summed in order into `sum`.
-#[inline]
+#[inline(always)]
 fn group_gradient<'a>(groups: &RowGroups, g: usize, grad: &'a [f32], width: usize, sum: &'a mut [f32]) -> &'a [f32] {
     let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
     let first = sources[0] as usize * width;
@@ -490,12 +490,12 @@ impl candle_core::InplaceOp1 for FusedInner<'_> {
 }
 
 /// Rows ahead of the current one that [`sparse_fused_cpu`] prefetches.
-const PREFETCH_AHEAD: usize = 4;
+pub(crate) const PREFETCH_AHEAD: usize = 4;
 
 /// Hints the CPU to bring the cache lines of `row` in (no effect on results).
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch(row: &[f32]) {
+pub(crate) fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in row.chunks(16) {
         // SAFETY: a prefetch never faults or changes memory; the address is
@@ -529,26 +529,28 @@ pub fn sparse_fused_cpu(
     // Plain Adagrad (GRU4Rec's default) leaves slot 1 alone.
     let plain = plain_adagrad(rule);
     let task = |(c, rows): (usize, &mut [RowPair<'_>])| {
-        let mut sum = vec![0f32; width];
-        for k in 0..rows.len() {
-            // The rows are random lines of tables larger than the cache, and
-            // the update stalled on their first loads (perf): ask for the
-            // rows a few steps ahead.
-            if let Some((s_ahead, p_ahead)) = rows.get(k + PREFETCH_AHEAD) {
-                prefetch(if plain.is_some() { &s_ahead[..width] } else { s_ahead });
-                prefetch(p_ahead);
-            }
-            let (srow, prow) = &mut rows[k];
-            let summed = group_gradient(groups, c * chunk + k, grad, width, &mut sum);
-            let (a, b) = srow.split_at_mut(width);
-            match plain {
-                Some((lr, eps)) => plain_step(lr, eps, a, prow, summed),
-                None => {
-                    update_state(rule, a, b, summed);
-                    apply_step(rule, prow, a, b);
+        crate::simd::dispatch(|| {
+            let mut sum = vec![0f32; width];
+            for k in 0..rows.len() {
+                // The rows are random lines of tables larger than the cache, and
+                // the update stalled on their first loads (perf): ask for the
+                // rows a few steps ahead.
+                if let Some((s_ahead, p_ahead)) = rows.get(k + PREFETCH_AHEAD) {
+                    prefetch(if plain.is_some() { &s_ahead[..width] } else { s_ahead });
+                    prefetch(p_ahead);
+                }
+                let (srow, prow) = &mut rows[k];
+                let summed = group_gradient(groups, c * chunk + k, grad, width, &mut sum);
+                let (a, b) = srow.split_at_mut(width);
+                match plain {
+                    Some((lr, eps)) => plain_step(lr, eps, a, prow, summed),
+                    None => {
+                        update_state(rule, a, b, summed);
+                        apply_step(rule, prow, a, b);
+                    }
                 }
             }
-        }
+        })
     };
     if rows.len() > chunk {
         rows.par_chunks_mut(chunk).enumerate().for_each(task);
@@ -569,7 +571,7 @@ fn plain_adagrad(rule: &Rule) -> Option<(f32, f32)> {
 }
 
 /// Plain Adagrad's update of some elements: accumulator, then parameter.
-#[inline]
+#[inline(always)]
 fn plain_step(lr: f32, eps: f32, acc: &mut [f32], p: &mut [f32], g: &[f32]) {
     for ((acc, p), &g) in acc.iter_mut().zip(p.iter_mut()).zip(g) {
         *acc += g * g;
@@ -589,12 +591,14 @@ pub fn dense_fused_cpu(rule: &Rule, param: &mut [f32], state: &mut [f32], grad: 
         .zip(a.par_chunks_mut(CHUNK))
         .zip(b.par_chunks_mut(CHUNK))
         .zip(grad.par_chunks(CHUNK))
-        .for_each(|(((p, a), b), g)| match plain {
-            Some((lr, eps)) => plain_step(lr, eps, a, p, g),
-            None => {
-                update_state(rule, a, b, g);
-                apply_step(rule, p, a, b);
-            }
+        .for_each(|(((p, a), b), g)| {
+            crate::simd::dispatch(|| match plain {
+                Some((lr, eps)) => plain_step(lr, eps, a, p, g),
+                None => {
+                    update_state(rule, a, b, g);
+                    apply_step(rule, p, a, b);
+                }
+            })
         });
 }
 
@@ -778,6 +782,38 @@ mod tests {
                 ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn steps_compiled_for_avx512_are_bit_identical_to_the_baseline() {
+        // Where the CPU has no AVX-512 both sides are the baseline code.
+        let n = 1_003;
+        let g = values(n, 3);
+        let rules = [
+            Rule::AdagradM { lr: 0.05, momentum: 0.0, eps: 1e-6 },
+            Rule::AdagradM { lr: 0.05, momentum: 0.9, eps: 1e-6 },
+            Rule::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 3, weight_decay: 0.1 },
+        ];
+        for rule in rules {
+            let run = |wide: bool| {
+                let (mut p, mut a, mut b) = (values(n, 1), values(n, 2), values(n, 4));
+                a.iter_mut().for_each(|x| *x = x.abs());
+                let step = || match plain_adagrad(&rule) {
+                    Some((lr, eps)) => plain_step(lr, eps, &mut a, &mut p, &g),
+                    None => {
+                        update_state(&rule, &mut a, &mut b, &g);
+                        apply_step(&rule, &mut p, &a, &b);
+                    }
+                };
+                if wide {
+                    crate::simd::dispatch(step)
+                } else {
+                    crate::simd::baseline(step)
+                }
+                [p, a, b].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            };
+            assert_eq!(run(true), run(false), "{rule:?}");
+        }
     }
 
     /// Straightforward f64 AdagradM over a dense table, one step, duplicates summed.
