@@ -13,6 +13,7 @@
 //!   and backward, fused into four ops.
 //! - [`rank`]: full-ranking rank counts (items above / equal to the target)
 //!   without a batch × catalogue score matrix.
+//! - [`pool`]: keeping rayon's workers awake through a loop of short parallel regions.
 //! - [`simd`]: element-wise loops compiled for AVX-512 where the CPU has it.
 //! - [`device`]: `--device cpu|cuda[:N]|auto` and what it resolves to.
 //!
@@ -30,5 +31,6 @@ pub mod loss;
 pub mod lstm;
 pub mod matmul;
 pub mod optim;
+pub mod pool;
 pub mod rank;
 pub mod simd;

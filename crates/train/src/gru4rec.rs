@@ -137,6 +137,7 @@ pub fn evaluate(
 ) -> Result<RankingMetrics> {
     let mut scorer = Gru4RecScorer::new(model);
     let eval = EvalConfig { ks: cfg.cutoffs.clone(), tie_mode: cfg.tie_mode };
+    let _awake = seqrec_kernels::pool::KeepAwake::start();
     Ok(evaluate_sessions(store, parts, part, &mut scorer, cfg.eval_batch_size, &eval)?)
 }
 
@@ -230,6 +231,9 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
         state.samples_served,
     );
     let mut rates = Vec::new();
+    // The steps are short parallel regions; keep the other workers spinning
+    // between them instead of waking them for each (kernels::pool).
+    let _awake = seqrec_kernels::pool::KeepAwake::start();
     while !state.stopped && state.epochs_done < cfg.n_epochs {
         let epoch = state.epochs_done + 1;
         let select = [Part::Train];

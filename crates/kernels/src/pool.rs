@@ -1,0 +1,115 @@
+//! Keeping rayon's workers awake through a loop of short parallel regions.
+//!
+//! A GRU4Rec training step at 100 units is ≈ 1 ms split into a handful of
+//! parallel regions (row gather, loss rows, optimiser rows, large products).
+//! Between regions rayon's idle workers go to sleep on a futex, and every
+//! region then starts by waking them: on a 2-vCPU VM the wake-ups (an
+//! inter-processor interrupt through the hypervisor each) were a quarter of
+//! setting (a)'s time (perf: `try_to_wake_up`, `finish_task_switch`).
+//! [`KeepAwake`] parks one spinning job on every other worker for as long as
+//! it lives: each spinner keeps asking rayon for work (`yield_now`), so jobs
+//! pushed by the loop are stolen at once and no one sleeps. This is the
+//! active wait policy of OpenMP runtimes (`OMP_WAIT_POLICY=active`). The
+//! cost is that the spinning cores stay busy through the loop's serial parts.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// While alive, the current rayon pool's other workers spin instead of
+/// sleeping between jobs. Dropping it stops the spinners and waits for them.
+#[derive(Debug)]
+pub struct KeepAwake {
+    stop: Arc<AtomicBool>,
+    running: Arc<AtomicUsize>,
+}
+
+impl KeepAwake {
+    /// Starts one spinner per worker other than the calling thread (one per
+    /// worker when called from outside the pool). Spinners that rayon hands
+    /// to the calling thread itself (while it waits inside a `join`) return
+    /// at once, so the caller can never be stuck in one.
+    #[must_use]
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicUsize::new(0));
+        let owner = rayon::current_thread_index();
+        let n = rayon::current_num_threads().saturating_sub(usize::from(owner.is_some()));
+        for _ in 0..n {
+            let (stop, running) = (Arc::clone(&stop), Arc::clone(&running));
+            running.fetch_add(1, Ordering::AcqRel);
+            rayon::spawn(move || {
+                if owner.is_none() || rayon::current_thread_index() != owner {
+                    while !stop.load(Ordering::Acquire) {
+                        if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+                running.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        KeepAwake { stop, running }
+    }
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // A running spinner ends within one `yield_now`, a queued one as soon
+        // as it runs (the caller may run it here). Waiting (at most a second)
+        // keeps them from outliving the loop on a busy machine.
+        let start = std::time::Instant::now();
+        while self.running.load(Ordering::Acquire) > 0 && start.elapsed() < std::time::Duration::from_secs(1) {
+            match rayon::yield_now() {
+                Some(rayon::Yield::Executed) => {}
+                Some(rayon::Yield::Idle) => std::hint::spin_loop(),
+                None => std::thread::yield_now(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    /// Waits (up to 10 s) for the spinners of a dropped guard to end.
+    fn ended(running: &AtomicUsize) -> bool {
+        let start = std::time::Instant::now();
+        while running.load(Ordering::Acquire) > 0 && start.elapsed().as_secs() < 10 {
+            std::thread::yield_now();
+        }
+        running.load(Ordering::Acquire) == 0
+    }
+
+    fn sum_of_squares(n: u32) -> u64 {
+        (0..n).into_par_iter().with_min_len(64).map(|x| u64::from(x) * u64::from(x)).sum()
+    }
+
+    #[test]
+    fn parallel_work_under_the_guard_completes_and_the_spinners_end() {
+        let want: u64 = (0..100_000u64).map(|x| x * x).sum();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            // From inside the pool (the trainer's case) and from outside it.
+            let (inside, running) = pool.install(|| {
+                let guard = KeepAwake::start();
+                let got: Vec<u64> = (0..20).map(|_| sum_of_squares(100_000)).collect();
+                let running = Arc::clone(&guard.running);
+                drop(guard);
+                (got, running)
+            });
+            assert!(inside.iter().all(|&s| s == want), "{threads} threads");
+            assert!(ended(&running), "{threads} threads: spinners left running");
+        }
+        // From a thread outside any pool: spinners on every worker of the
+        // global pool, which the work is injected into.
+        let guard = KeepAwake::start();
+        let got = sum_of_squares(100_000);
+        let running = Arc::clone(&guard.running);
+        drop(guard);
+        assert_eq!(got, want);
+        assert!(ended(&running), "global pool: spinners left running");
+    }
+}
