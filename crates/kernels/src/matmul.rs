@@ -252,6 +252,36 @@ pub fn gather_rows(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     Tensor::from_vec(dst, (ids.len(), width), table.device())
 }
 
+/// The column sums of a 2-D tensor, `[cols]`: a bias gradient. On the CPU
+/// (f32) the rows are added in order into one running row, which vectorises;
+/// candle's reduction over dimension 0 walks each column with a stride and
+/// was ≈ 4% of a GRU4Rec step at 480 units. Same additions in the same order
+/// as candle's (`0 + x₀ + x₁ + …` per column): bit-identical, tested.
+///
+/// # Errors
+/// A tensor that is not 2-D; a failing candle op on other devices.
+pub fn column_sums(t: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    if !matches!(t.device(), Device::Cpu) || t.dtype() != DType::F32 || !t.is_contiguous() {
+        return t.sum(0);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage else {
+        bail!("column sums: expected an f32 tensor on the CPU");
+    };
+    let src = &v[layout.start_offset()..layout.start_offset() + rows * cols];
+    let mut acc = vec![0f32; cols];
+    crate::simd::dispatch(|| {
+        for row in src.chunks_exact(cols.max(1)) {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a += x;
+            }
+        }
+    });
+    drop(storage);
+    Tensor::from_vec(acc, cols, t.device())
+}
+
 /// Rows per task of [`gather_rows`].
 const GATHER_CHUNK: usize = 256;
 
@@ -413,6 +443,25 @@ mod tests {
                 plain.flatten_all().unwrap().to_vec1::<f32>().unwrap()
             );
         }
+    }
+
+    #[test]
+    fn column_sums_equal_candles_sum_over_rows_bit_for_bit() {
+        for (rows, cols) in [(48, 1440), (1, 7), (5, 1), (0, 3)] {
+            let t = table(rows, cols, 4);
+            let want = t.sum(0).unwrap().to_vec1::<f32>().unwrap();
+            let got = column_sums(&t).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(
+                got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        // A transposed (non-contiguous) view goes through candle.
+        let t = table(6, 4, 5);
+        assert_eq!(
+            column_sums(&t.t().unwrap()).unwrap().to_vec1::<f32>().unwrap(),
+            t.t().unwrap().sum(0).unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]

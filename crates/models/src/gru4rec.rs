@@ -38,7 +38,7 @@ use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use seqrec_kernels::act::{sigmoid, tanh};
 use seqrec_kernels::gru;
-use seqrec_kernels::matmul::{gather_rows, matmul as mm, matmul_pair};
+use seqrec_kernels::matmul::{column_sums, gather_rows, matmul as mm, matmul_pair};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -469,7 +469,7 @@ impl Gru4Rec {
                         grad: mm(&cache.prev.t()?, &dvhn)?,
                         rows: None,
                     });
-                    out.push(ParamGrad { name: format!("layer{i}.bhn"), grad: dvhn.sum(0)?, rows: None });
+                    out.push(ParamGrad { name: format!("layer{i}.bhn"), grad: column_sums(&dvhn)?, rows: None });
                     (&dac * &cache.rh)?
                 } else {
                     let (d_wh, d_rh) = matmul_pair(&cache.rh.t()?, &dac, &dac, &layer.wh.t()?)?;
@@ -482,7 +482,7 @@ impl Gru4Rec {
             };
             let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
             let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
-            out.push(ParamGrad { name: format!("layer{i}.b"), grad: dvx.sum(0)?, rows: None });
+            out.push(ParamGrad { name: format!("layer{i}.b"), grad: column_sums(&dvx)?, rows: None });
             d = match &layer.wx {
                 Some(wx) => {
                     let (d_wrz, d_wx) = matmul_pair(&cache.prev.t()?, &d_rz, &cache.x.t()?, &dvx)?;
