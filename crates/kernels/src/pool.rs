@@ -7,8 +7,9 @@
 //! inter-processor interrupt through the hypervisor each) were a quarter of
 //! setting (a)'s time (perf: `try_to_wake_up`, `finish_task_switch`).
 //! [`KeepAwake`] parks one spinning job on every other worker for as long as
-//! it lives: each spinner keeps asking rayon for work (`yield_now`), so jobs
-//! pushed by the loop are stolen at once and no one sleeps. This is the
+//! it lives (on all workers but one when started from outside the pool):
+//! each spinner keeps asking rayon for work (`yield_now`), so jobs pushed by
+//! the loop are stolen at once and no one sleeps. This is the
 //! active wait policy of OpenMP runtimes (`OMP_WAIT_POLICY=active`). The
 //! cost is that the spinning cores stay busy through the loop's serial parts.
 
@@ -24,16 +25,18 @@ pub struct KeepAwake {
 }
 
 impl KeepAwake {
-    /// Starts one spinner per worker other than the calling thread (one per
-    /// worker when called from outside the pool). Spinners that rayon hands
-    /// to the calling thread itself (while it waits inside a `join`) return
-    /// at once, so the caller can never be stuck in one.
+    /// Starts a spinner on all workers but one: the calling thread's own
+    /// when it is a worker, and one left free for a caller outside the pool
+    /// (whose serial work would otherwise share a core with a spinner).
+    /// Spinners that rayon hands to the calling thread itself (while it
+    /// waits inside a `join`) return at once, so the caller can never be
+    /// stuck in one.
     #[must_use]
     pub fn start() -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicUsize::new(0));
         let owner = rayon::current_thread_index();
-        let n = rayon::current_num_threads().saturating_sub(usize::from(owner.is_some()));
+        let n = rayon::current_num_threads().saturating_sub(1);
         for _ in 0..n {
             let (stop, running) = (Arc::clone(&stop), Arc::clone(&running));
             running.fetch_add(1, Ordering::AcqRel);
@@ -103,8 +106,8 @@ mod tests {
             assert!(inside.iter().all(|&s| s == want), "{threads} threads");
             assert!(ended(&running), "{threads} threads: spinners left running");
         }
-        // From a thread outside any pool: spinners on every worker of the
-        // global pool, which the work is injected into.
+        // From a thread outside any pool: spinners on all but one worker of
+        // the global pool, which the work is injected into.
         let guard = KeepAwake::start();
         let got = sum_of_squares(100_000);
         let running = Arc::clone(&guard.running);
