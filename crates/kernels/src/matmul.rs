@@ -16,7 +16,10 @@ use gemm::Parallelism;
 /// Products with at least this many multiply-adds are split in blocks, one
 /// per thread. 4M until the training loops kept rayon's workers awake
 /// (`pool::KeepAwake`); with no wake-up to pay, splitting the 100-unit GRU's
-/// `[32, 100] · [100, 300]` products too is +5% at setting (a).
+/// `[32, 100] · [100, 300]` products too is +5% at setting (a). gemm's
+/// kernels for the split blocks may round those sums differently from the
+/// whole product's, so results depend on the thread count (as they did for
+/// the larger products already).
 pub const PARALLEL_MACS: usize = 1 << 19;
 
 /// Products with at most this many rows and a transposed table on the right
