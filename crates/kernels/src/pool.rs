@@ -16,6 +16,49 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// The environment variable that picks the [`WaitPolicy`].
+pub const WAIT_POLICY_VAR: &str = "SEQREC_WAIT_POLICY";
+
+/// What rayon's idle workers do during a training or evaluation loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Spin between parallel regions ([`KeepAwake`]): fastest, keeps the
+    /// cores busy for the whole loop. The default.
+    Active,
+    /// Sleep between regions (rayon's own behaviour): for machines shared
+    /// with other work.
+    Passive,
+}
+
+impl WaitPolicy {
+    /// The policy named by a value of [`WAIT_POLICY_VAR`] (unset or empty:
+    /// active).
+    ///
+    /// # Errors
+    /// Any other value than `active` or `passive`, named in the message.
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value.map(str::trim) {
+            None | Some("" | "active") => Ok(WaitPolicy::Active),
+            Some("passive") => Ok(WaitPolicy::Passive),
+            Some(other) => Err(format!("{WAIT_POLICY_VAR}: found `{other}`, expected `active` or `passive`")),
+        }
+    }
+
+    /// The policy of this process's environment.
+    ///
+    /// # Errors
+    /// As [`WaitPolicy::parse`]; a value that is not UTF-8.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var(WAIT_POLICY_VAR) {
+            Ok(v) => Self::parse(Some(&v)),
+            Err(std::env::VarError::NotPresent) => Self::parse(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("{WAIT_POLICY_VAR}: not UTF-8, expected `active` or `passive`"))
+            }
+        }
+    }
+}
+
 /// While alive, the current rayon pool's other workers spin instead of
 /// sleeping between jobs. Dropping it stops the spinners and waits for them.
 #[derive(Debug)]
@@ -33,10 +76,20 @@ impl KeepAwake {
     /// stuck in one.
     #[must_use]
     pub fn start() -> Self {
+        Self::with_policy(WaitPolicy::Active)
+    }
+
+    /// [`KeepAwake::start`] under `policy`: with [`WaitPolicy::Passive`] no
+    /// spinner is started and the guard does nothing.
+    #[must_use]
+    pub fn with_policy(policy: WaitPolicy) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicUsize::new(0));
         let owner = rayon::current_thread_index();
-        let n = rayon::current_num_threads().saturating_sub(1);
+        let n = match policy {
+            WaitPolicy::Active => rayon::current_num_threads().saturating_sub(1),
+            WaitPolicy::Passive => 0,
+        };
         for _ in 0..n {
             let (stop, running) = (Arc::clone(&stop), Arc::clone(&running));
             running.fetch_add(1, Ordering::AcqRel);
@@ -84,6 +137,20 @@ mod tests {
             std::thread::yield_now();
         }
         running.load(Ordering::Acquire) == 0
+    }
+
+    #[test]
+    fn the_wait_policy_is_active_unless_asked_otherwise_and_bad_values_are_named() {
+        assert_eq!(WaitPolicy::parse(None), Ok(WaitPolicy::Active));
+        assert_eq!(WaitPolicy::parse(Some("")), Ok(WaitPolicy::Active));
+        assert_eq!(WaitPolicy::parse(Some("active")), Ok(WaitPolicy::Active));
+        assert_eq!(WaitPolicy::parse(Some(" passive ")), Ok(WaitPolicy::Passive));
+        let err = WaitPolicy::parse(Some("spin")).unwrap_err();
+        assert!(err.contains("SEQREC_WAIT_POLICY") && err.contains("`spin`") && err.contains("passive"), "{err}");
+        // Passive: no spinner at all.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let running = pool.install(|| Arc::clone(&KeepAwake::with_policy(WaitPolicy::Passive).running));
+        assert_eq!(running.load(Ordering::Acquire), 0);
     }
 
     fn sum_of_squares(n: u32) -> u64 {

@@ -124,6 +124,13 @@ fn item_vocab(data: &Dataset) -> Result<&Vocab> {
         .ok_or_else(|| TrainError::Invalid(format!("{}: the dataset has no item vocabulary", data.dir.display())))
 }
 
+/// Rayon's other workers spinning for the loop, unless `SEQREC_WAIT_POLICY`
+/// is `passive` (`seqrec_kernels::pool`).
+fn keep_awake() -> Result<seqrec_kernels::pool::KeepAwake> {
+    use seqrec_kernels::pool::{KeepAwake, WaitPolicy};
+    Ok(KeepAwake::with_policy(WaitPolicy::from_env().map_err(TrainError::Invalid)?))
+}
+
 /// Ranks every event of `part` against all items (the evaluation of the issue).
 ///
 /// # Errors
@@ -137,7 +144,7 @@ pub fn evaluate(
 ) -> Result<RankingMetrics> {
     let mut scorer = Gru4RecScorer::new(model);
     let eval = EvalConfig { ks: cfg.cutoffs.clone(), tie_mode: cfg.tie_mode };
-    let _awake = seqrec_kernels::pool::KeepAwake::start();
+    let _awake = keep_awake()?;
     Ok(evaluate_sessions(store, parts, part, &mut scorer, cfg.eval_batch_size, &eval)?)
 }
 
@@ -233,7 +240,7 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
     let mut rates = Vec::new();
     // The steps are short parallel regions; keep the other workers spinning
     // between them instead of waking them for each (kernels::pool).
-    let _awake = seqrec_kernels::pool::KeepAwake::start();
+    let _awake = keep_awake()?;
     while !state.stopped && state.epochs_done < cfg.n_epochs {
         let epoch = state.epochs_done + 1;
         let select = [Part::Train];
