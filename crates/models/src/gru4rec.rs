@@ -561,14 +561,22 @@ impl Gru4Rec {
         self.check_ids(batch.inputs)?;
         self.check_ids(&out_ids)?;
         let n_out = out_ids.len();
+        // A sampled item may repeat (several samples, or a sample that is also
+        // a target): its columns hold the same scores. The products run over
+        // the distinct items (`o_ids`, `col` mapping each of the `n_out`
+        // columns to one), the loss over all columns as the authors define
+        // it, and the columns' gradients are summed per item before dO, dy
+        // and the bias gradient (the sums the optimiser would otherwise do).
+        let (o_ids, col) = distinct(&out_ids, self.n_ids);
+        let n_distinct = o_ids.len();
         // The gathered input rows are an autograd leaf: their gradient has the batch's size.
         let input_table = match self.shape.input() {
             Input::Constrained => &self.wy,
             _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
         };
         let x0 = gather_rows(input_table, batch.inputs)?;
-        let o = gather_rows(&self.wy, &out_ids)?;
-        let bias = gather_rows(&self.by, &out_ids)?;
+        let o = gather_rows(&self.wy, &o_ids)?;
+        let bias = gather_rows(&self.by, &o_ids)?;
         let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
@@ -576,8 +584,8 @@ impl Gru4Rec {
         let act = self.shape.final_act.kernel_act();
         let log_pop = batch.log_pop.filter(|_| cfg.logq > 0.0);
         let (value, d_scores, d_bias) = if !self.device_ops {
-            let scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-            let bias = bias.flatten_all()?.to_vec1::<f32>()?;
+            let distinct_scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            let distinct_bias = bias.flatten_all()?.to_vec1::<f32>()?;
             let spec = seqrec_kernels::loss::LossSpec {
                 kind,
                 act,
@@ -585,27 +593,44 @@ impl Gru4Rec {
                 batch_size: cfg.batch_size,
             };
             let mut d_scores = vec![0f32; rows * n_out];
-            let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores)? as f32;
-            let mut d_bias = vec![0f32; n_out];
-            for row in d_scores.chunks(n_out) {
+            let value = if n_distinct == n_out {
+                seqrec_kernels::loss::sampled_loss_cpu(&spec, &distinct_scores, &distinct_bias, n_out, &mut d_scores)?
+            } else {
+                let scores: Vec<f32> = distinct_scores
+                    .chunks_exact(n_distinct)
+                    .flat_map(|row| col.iter().map(move |&c| row[c as usize]))
+                    .collect();
+                let bias: Vec<f32> = col.iter().map(|&c| distinct_bias[c as usize]).collect();
+                let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores)?;
+                d_scores = merge_columns(&d_scores, &col, n_distinct);
+                value
+            } as f32;
+            let mut d_bias = vec![0f32; n_distinct];
+            for row in d_scores.chunks(n_distinct) {
                 for (acc, &g) in d_bias.iter_mut().zip(row) {
                     *acc += g;
                 }
             }
-            let d_scores = Tensor::from_vec(d_scores, (rows, n_out), &self.device)?;
-            (value, d_scores, Tensor::from_vec(d_bias, (n_out, 1), &self.device)?)
+            let d_scores = Tensor::from_vec(d_scores, (rows, n_distinct), &self.device)?;
+            (value, d_scores, Tensor::from_vec(d_bias, (n_distinct, 1), &self.device)?)
         } else {
             // On the device: the fused loss kernel, no score matrix through the host.
             let lp = log_pop.map(|lp| Tensor::from_slice(lp, lp.len(), &self.device)).transpose()?;
+            let col = Tensor::from_slice(&col, n_out, &self.device)?;
             let (value, d_scores) = seqrec_kernels::loss::sampled_loss_grad(
                 kind,
                 act,
                 cfg.batch_size,
-                &mm(&y, &o.t()?)?,
-                &bias,
+                &mm(&y, &o.t()?)?.index_select(&col, 1)?,
+                &bias.index_select(&col, 0)?,
                 lp.as_ref().map(|lp| (lp, cfg.logq)),
             )?;
-            let d_bias = d_scores.sum(0)?.reshape((n_out, 1))?;
+            let d_scores = if n_distinct == n_out {
+                d_scores
+            } else {
+                Tensor::zeros((rows, n_distinct), DType::F32, &self.device)?.index_add(&col, &d_scores, 1)?
+            };
+            let d_bias = d_scores.sum(0)?.reshape((n_distinct, 1))?;
             (value as f32, d_scores, d_bias)
         };
         let constrained = self.shape.input() == Input::Constrained;
@@ -615,7 +640,7 @@ impl Gru4Rec {
         let mut wy_grad = Vec::new();
         let (d_o, d_y) = if constrained && self.device.is_cpu() {
             let width = y.dim(1)?;
-            wy_grad.reserve((rows + n_out) * width);
+            wy_grad.reserve((rows + n_distinct) * width);
             wy_grad.resize(rows * width, 0.0);
             seqrec_kernels::matmul::matmul_append(&d_scores.t()?, &y, &mut wy_grad)?;
             (None, mm(&d_scores, &o)?)
@@ -628,14 +653,14 @@ impl Gru4Rec {
         match self.shape.input() {
             Input::Constrained => {
                 let mut ids = batch.inputs.to_vec();
-                ids.extend_from_slice(&out_ids);
+                ids.extend_from_slice(&o_ids);
                 let grad = match d_o {
                     Some(d_o) => Tensor::cat(&[&dx, &d_o], 0)?,
                     None => {
                         let width = dx.dim(1)?;
                         let dx = dx.flatten_all()?.to_vec1::<f32>()?;
                         wy_grad[..dx.len()].copy_from_slice(&dx);
-                        Tensor::from_vec(wy_grad, (rows + n_out, width), &self.device)?
+                        Tensor::from_vec(wy_grad, (rows + n_distinct, width), &self.device)?
                     }
                 };
                 out.push(ParamGrad { name: "wy".into(), grad, rows: Some(ids) });
@@ -646,10 +671,10 @@ impl Gru4Rec {
                     ModelError::Invalid("GRU4Rec: no separate dO outside the constrained mode".into())
                 })?;
                 out.push(ParamGrad { name: name.into(), grad: dx, rows: Some(batch.inputs.to_vec()) });
-                out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(out_ids.clone()) });
+                out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(o_ids.clone()) });
             }
         }
-        out.push(ParamGrad { name: "by".into(), grad: d_bias, rows: Some(out_ids) });
+        out.push(ParamGrad { name: "by".into(), grad: d_bias, rows: Some(o_ids) });
         Ok((value, out))
     }
 
@@ -725,6 +750,50 @@ impl Gru4Rec {
         }
         Ok(())
     }
+}
+
+/// The distinct ids of `ids` in order of first appearance, and for each
+/// position of `ids` the index of its id among them. Ids are below `n_ids`
+/// (checked by the caller).
+fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
+    thread_local! {
+        // slot[id]: the id's index among the distinct ones, u32::MAX when not seen;
+        // every slot set below is cleared again before returning.
+        static SLOT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SLOT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.len() < n_ids {
+            slot.resize(n_ids, u32::MAX);
+        }
+        let mut uniq = Vec::with_capacity(ids.len());
+        let col = ids
+            .iter()
+            .map(|&id| {
+                let s = &mut slot[id as usize];
+                if *s == u32::MAX {
+                    *s = uniq.len() as u32;
+                    uniq.push(id);
+                }
+                *s
+            })
+            .collect();
+        for &id in &uniq {
+            slot[id as usize] = u32::MAX;
+        }
+        (uniq, col)
+    })
+}
+
+/// `[rows, cols.len()]` row-major gradients summed into `[rows, n]` columns, column `c` into `cols[c]`.
+fn merge_columns(g: &[f32], cols: &[u32], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; g.len() / cols.len().max(1) * n];
+    for (row, dst) in g.chunks_exact(cols.len()).zip(out.chunks_exact_mut(n)) {
+        for (&x, &c) in row.iter().zip(cols) {
+            dst[c as usize] += x;
+        }
+    }
+    out
 }
 
 fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Tensor)> {
@@ -939,6 +1008,20 @@ mod tests {
         let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         v[index] += delta;
         t.slice_set(&Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap(), 0, 0).unwrap();
+    }
+
+    #[test]
+    fn distinct_ids_keep_first_appearance_and_columns_sum_into_them() {
+        let (uniq, col) = distinct(&[4, 1, 4, 7, 1, 4], 9);
+        assert_eq!(uniq, [4, 1, 7]);
+        assert_eq!(col, [0, 1, 0, 2, 1, 0]);
+        // the scratch slots are cleared: a second call sees nothing of the first
+        assert_eq!(distinct(&[7, 7], 9), (vec![7], vec![0, 0]));
+        let g = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0];
+        assert_eq!(
+            merge_columns(&g, &col, 3),
+            [1.0 + 3.0 + 6.0, 2.0 + 5.0, 4.0, 10.0 + 30.0 + 60.0, 20.0 + 50.0, 40.0]
+        );
     }
 
     #[test]

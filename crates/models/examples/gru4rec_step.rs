@@ -1,0 +1,109 @@
+//! Times GRU4Rec training steps on random batches: an A/B tool for changes to
+//! the step, steadier than a whole `seqrec bench gru4rec` epoch on a shared
+//! VM (it reports the fastest, lower-quartile and median block of 100 steps).
+//!
+//! ```text
+//! GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=2147483647 \
+//!   cargo run --release -p seqrec-models --example gru4rec_step -- [ITEMS] [a|b]
+//! ```
+//!
+//! Settings as `seqrec bench gru4rec`: (a) 100 units, batch 32, one-hot
+//! input; (b) 480 units, batch 48, constrained embedding; both cross-entropy
+//! with 2,048 shared samples. Inputs and targets are drawn with popularity
+//! ∝ 1/rank, samples with its square root (`sample_alpha` 0.5). The
+//! allocator settings are those the `seqrec` binary makes with `mallopt`
+//! (without them freed tensors go back to the kernel and fault in again).
+
+use std::time::Instant;
+
+use candle_core::Device;
+use seqrec_data::rng::Rng;
+use seqrec_models::gru4rec::{FinalAct, Gru4Rec, Gru4RecShape, StepConfig, TrainBatch};
+use seqrec_models::loss::Loss;
+use seqrec_models::optim::{Optimizer, OptimizerKind};
+
+const SAMPLES: usize = 2048;
+const BLOCKS: usize = 25;
+const STEPS: usize = 100;
+
+fn main() {
+    if std::env::var_os("GLIBC_TUNABLES").is_none() {
+        eprintln!("note: GLIBC_TUNABLES is not set; see the example's header for the allocator settings of `seqrec`");
+    }
+    let mut args = std::env::args().skip(1);
+    let n_ids: usize = args.next().map_or(8000, |s| s.parse().expect("ITEMS: a number of items"));
+    let setting = args.next().unwrap_or_else(|| "b".into());
+    rayon::ThreadPoolBuilder::new().build().expect("a rayon pool").install(|| run(n_ids, &setting));
+}
+
+/// Cumulative weights of ids `1..n_ids` for popularity ∝ rank^-`exponent`.
+fn cumulative(n_ids: usize, exponent: f64) -> Vec<f64> {
+    let mut sum = 0.0;
+    (1..n_ids)
+        .map(|i| {
+            sum += (i as f64).powf(-exponent);
+            sum
+        })
+        .collect()
+}
+
+fn draw(rng: &mut Rng, cum: &[f64]) -> u32 {
+    let u = rng.uniform() * cum[cum.len() - 1];
+    (cum.partition_point(|&x| x < u) + 1).min(cum.len()) as u32
+}
+
+fn run(n_ids: usize, setting: &str) {
+    let (units, batch_size, constrained) = match setting {
+        "a" => (100, 32, false),
+        "b" => (480, 48, true),
+        other => panic!("setting `{other}`: expected a or b"),
+    };
+    let shape = Gru4RecShape {
+        layers: vec![units],
+        embedding: 0,
+        constrained_embedding: constrained,
+        dropout_p_embed: 0.0,
+        dropout_p_hidden: 0.0,
+        final_act: FinalAct::Linear,
+        reset_after: false,
+    };
+    let mut model = Gru4Rec::new(shape, n_ids, 1, &Device::Cpu).expect("a model");
+    let mut opt = Optimizer::new(OptimizerKind::Adagrad, 0.05, 0.0).expect("an optimiser");
+    let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size };
+    let (events, samples) = (cumulative(n_ids, 1.0), cumulative(n_ids, 0.5));
+    let mut rng = Rng::new(7);
+    let mut state = model.zero_state(batch_size).expect("a state");
+    let _awake = seqrec_kernels::pool::KeepAwake::start();
+    let mut block_ms = Vec::new();
+    let mut distinct = 0;
+    for block in 0..BLOCKS {
+        let start = Instant::now();
+        for _ in 0..STEPS {
+            let inputs: Vec<u32> = (0..batch_size).map(|_| draw(&mut rng, &events)).collect();
+            let targets: Vec<u32> = (0..batch_size).map(|_| draw(&mut rng, &events)).collect();
+            let extra: Vec<u32> = (0..SAMPLES).map(|_| draw(&mut rng, &samples)).collect();
+            if block == 0 {
+                let mut ids: Vec<u32> = targets.iter().chain(&extra).copied().collect();
+                ids.sort_unstable();
+                ids.dedup();
+                distinct += ids.len();
+            }
+            let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &extra, log_pop: None };
+            model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).expect("a training step");
+        }
+        // the first block warms up (state tables, caches)
+        if block > 0 {
+            block_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    block_ms.sort_by(f64::total_cmp);
+    let per_step = |ms: f64| ms * 1e3 / STEPS as f64;
+    println!(
+        "setting {setting}, {n_ids} items: {:.0} distinct output columns of {}; µs per step: min {:.0}, p25 {:.0}, median {:.0}",
+        distinct as f64 / STEPS as f64,
+        batch_size + SAMPLES,
+        per_step(block_ms[0]),
+        per_step(block_ms[block_ms.len() / 4]),
+        per_step(block_ms[block_ms.len() / 2]),
+    );
+}
