@@ -261,27 +261,7 @@ pub fn sampled_loss_cpu(
         grad.iter_mut().for_each(|g| *g = 0.0);
         return Ok(0.0);
     }
-    let row_task = |(i, (s, g)): (usize, (&[f32], &mut [f32]))| {
-        if spec.kind == LossKind::CrossEntropy {
-            return crate::simd::dispatch(|| cross_entropy_row_f32(spec, s, bias, i, g, scale));
-        }
-        let mut r = Vec::with_capacity(cols);
-        let mut dact = Vec::with_capacity(cols);
-        for (j, &x) in s.iter().enumerate() {
-            let x = f64::from(x) + bias.get(j).map_or(0.0, |&b| f64::from(b));
-            let (y, d) = spec.act.eval(x);
-            let shift = spec.log_pop.map_or(0.0, |(lp, q)| f64::from(q) * f64::from(lp[j]));
-            r.push(y - shift);
-            dact.push(d);
-        }
-        let loss = row_loss(spec.kind, &r, i, g, scale);
-        if spec.act != Act::Linear {
-            for (g, d) in g.iter_mut().zip(&dact) {
-                *g = (f64::from(*g) * d) as f32;
-            }
-        }
-        loss
-    };
+    let row_task = |(i, (s, g)): (usize, (&[f32], &mut [f32]))| full_row(spec, s, bias, i, g, scale);
     // Rows are cheap (a few µs each): split them over threads only when there is enough work.
     let losses: Vec<f64> = if rows * cols >= PARALLEL_MIN {
         scores.par_chunks(cols).zip(grad.par_chunks_mut(cols)).enumerate().map(row_task).collect()
@@ -289,6 +269,157 @@ pub fn sampled_loss_cpu(
         scores.chunks(cols).zip(grad.chunks_mut(cols)).enumerate().map(row_task).collect()
     };
     Ok(losses.iter().sum::<f64>() * scale)
+}
+
+/// One row of [`sampled_loss_cpu`]: the loss of row `i` (its positive in
+/// column `i`) and the row's gradient in `g`.
+fn full_row(spec: &LossSpec<'_>, s: &[f32], bias: &[f32], i: usize, g: &mut [f32], scale: f64) -> f64 {
+    if spec.kind == LossKind::CrossEntropy {
+        return crate::simd::dispatch(|| cross_entropy_row_f32(spec, s, bias, i, g, scale));
+    }
+    let cols = s.len();
+    let mut r = Vec::with_capacity(cols);
+    let mut dact = Vec::with_capacity(cols);
+    for (j, &x) in s.iter().enumerate() {
+        let x = f64::from(x) + bias.get(j).map_or(0.0, |&b| f64::from(b));
+        let (y, d) = spec.act.eval(x);
+        let shift = spec.log_pop.map_or(0.0, |(lp, q)| f64::from(q) * f64::from(lp[j]));
+        r.push(y - shift);
+        dact.push(d);
+    }
+    let loss = row_loss(spec.kind, &r, i, g, scale);
+    if spec.act != Act::Linear {
+        for (g, d) in g.iter_mut().zip(&dact) {
+            *g = (f64::from(*g) * d) as f32;
+        }
+    }
+    loss
+}
+
+/// [`sampled_loss_cpu`] with the columns' items given once each: `scores`
+/// `[B, U]` and `bias` `[U]` hold the `U` distinct items, `col[c]` (`B + S`
+/// values, the positive of row `i` in column `i`) names the distinct item of
+/// column `c`, and `grad` `[B, U]` receives each item's gradient summed over
+/// its columns. The loss is that of the `B + S` columns, repeats included,
+/// as the authors define it; a repeated sample costs no product.
+/// Cross-entropy without logQ works on the `U` values directly (a repeated
+/// column's share of the softmax is its multiplicity times one exponential);
+/// other losses expand each row, run [`sampled_loss_cpu`]'s row and sum the
+/// gradient back.
+///
+/// # Errors
+/// As [`sampled_loss_cpu`] with `B + S = col.len()`, and a column naming an
+/// item outside `0..U`.
+pub fn sampled_loss_distinct_cpu(
+    spec: &LossSpec<'_>,
+    scores: &[f32],
+    bias: &[f32],
+    col: &[u32],
+    grad: &mut [f32],
+) -> Result<f64> {
+    let (n_distinct, cols) = (bias.len(), col.len());
+    let rows = scores.len().checked_div(n_distinct).unwrap_or(0);
+    if rows == 0 || rows > cols || rows * n_distinct != scores.len() {
+        bail!(
+            "sampled loss: found {} scores in rows of {n_distinct} distinct items, expected [B, U] with B >= 1 and B <= {cols} columns",
+            scores.len()
+        );
+    }
+    if let Some(&bad) = col.iter().find(|&&c| c as usize >= n_distinct) {
+        bail!("sampled loss: a column names distinct item {bad}, expected one below {n_distinct}");
+    }
+    if spec.batch_size == 0 {
+        bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
+    }
+    if let Some((lp, _)) = spec.log_pop {
+        if lp.len() != cols {
+            bail!("sampled loss: found {} log popularities, expected {cols} (one per column)", lp.len());
+        }
+    }
+    if grad.len() != scores.len() {
+        bail!("sampled loss: found a gradient buffer of {}, expected {}", grad.len(), scores.len());
+    }
+    let scale = 1.0 / spec.batch_size as f64;
+    if cols <= 1 {
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        return Ok(0.0);
+    }
+    let direct = spec.kind == LossKind::CrossEntropy && spec.log_pop.is_none();
+    let mut multiplicity = vec![0f32; if direct { n_distinct } else { 0 }];
+    for &c in col.iter().filter(|_| direct) {
+        multiplicity[c as usize] += 1.0;
+    }
+    let row_task = |(i, (s, g)): (usize, (&[f32], &mut [f32]))| {
+        if direct {
+            return crate::simd::dispatch(|| {
+                cross_entropy_distinct_row_f32(spec.act, s, bias, &multiplicity, col[i] as usize, g, scale)
+            });
+        }
+        let full: Vec<f32> = col.iter().map(|&c| s[c as usize]).collect();
+        let full_bias: Vec<f32> = col.iter().map(|&c| bias[c as usize]).collect();
+        let mut full_grad = vec![0f32; cols];
+        let loss = full_row(spec, &full, &full_bias, i, &mut full_grad, scale);
+        g.iter_mut().for_each(|x| *x = 0.0);
+        for (&x, &c) in full_grad.iter().zip(col) {
+            g[c as usize] += x;
+        }
+        loss
+    };
+    let losses: Vec<f64> = if rows * cols >= PARALLEL_MIN {
+        scores.par_chunks(n_distinct).zip(grad.par_chunks_mut(n_distinct)).enumerate().map(row_task).collect()
+    } else {
+        scores.chunks(n_distinct).zip(grad.chunks_mut(n_distinct)).enumerate().map(row_task).collect()
+    };
+    Ok(losses.iter().sum::<f64>() * scale)
+}
+
+/// [`cross_entropy_row_f32`] over distinct items: item `u` stands for
+/// `multiplicity[u]` equal columns, the row's positive is item `pos`.
+#[inline(always)]
+fn cross_entropy_distinct_row_f32(
+    act: Act,
+    s: &[f32],
+    bias: &[f32],
+    multiplicity: &[f32],
+    pos: usize,
+    g: &mut [f32],
+    scale: f64,
+) -> f64 {
+    let mut dact = Vec::new();
+    for (o, (&x, &b)) in g.iter_mut().zip(s.iter().zip(bias)) {
+        *o = x + b;
+    }
+    if act != Act::Linear {
+        dact.reserve(g.len());
+        for o in g.iter_mut() {
+            let (y, d) = act.eval_f32(*o);
+            *o = y;
+            dact.push(d);
+        }
+    }
+    let max = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for o in g.iter_mut() {
+        *o = exp_f32(*o - max);
+    }
+    let e_pos = g[pos];
+    // each item's exponential counted once per column it fills
+    for (o, &m) in g.iter_mut().zip(multiplicity) {
+        *o *= m;
+    }
+    let total = sum_f64(g);
+    let pi = f64::from(e_pos) / total;
+    let c = -pi / (pi + LOG_EPSILON);
+    let k = (scale * c / total) as f32;
+    for o in g.iter_mut() {
+        *o *= -k;
+    }
+    g[pos] += (scale * c) as f32;
+    if !dact.is_empty() {
+        for (o, &d) in g.iter_mut().zip(&dact) {
+            *o *= d;
+        }
+    }
+    -(pi + LOG_EPSILON).ln()
 }
 
 /// Scores per call below which the rows are done on the calling thread.
@@ -698,6 +829,58 @@ mod tests {
                 assert!((got - want * 0.25).abs() < 1e-5, "{act:?}: {got} vs {}", want * 0.25);
             }
         }
+    }
+
+    #[test]
+    fn distinct_columns_give_the_loss_and_summed_gradients_of_the_repeated_ones() {
+        // 3 rows, 11 columns over 6 distinct items: targets 0, 2, 0 (rows 0
+        // and 2 share theirs), samples repeating items and a target.
+        let col: [u32; 11] = [0, 1, 0, 2, 3, 2, 4, 5, 5, 0, 3];
+        let (rows, n_distinct) = (3usize, 6usize);
+        let mut state = 99u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 * 4.0 - 2.0
+        };
+        let scores: Vec<f32> = (0..rows * n_distinct).map(|_| next()).collect();
+        let bias: Vec<f32> = (0..n_distinct).map(|_| next() * 0.3).collect();
+        // log popularity is a property of the item: equal on repeated columns
+        let item_lp: Vec<f32> = (0..n_distinct).map(|_| next().abs()).collect();
+        let lp: Vec<f32> = col.iter().map(|&c| item_lp[c as usize]).collect();
+        let kinds = [LossKind::CrossEntropy, LossKind::Top1, LossKind::Bpr, LossKind::Top1Max, LossKind::BprMax(0.5)];
+        for kind in kinds {
+            for act in [Act::Linear, Act::Tanh, Act::Elu(0.5)] {
+                for log_pop in [None, Some((lp.as_slice(), 0.7f32))] {
+                    let spec = LossSpec { kind, act, log_pop, batch_size: 4 };
+                    // reference: every column expanded, gradients summed per item afterwards
+                    let full: Vec<f32> = (0..rows)
+                        .flat_map(|i| col.iter().map(move |&c| (i, c)))
+                        .map(|(i, c)| scores[i * n_distinct + c as usize])
+                        .collect();
+                    let full_bias: Vec<f32> = col.iter().map(|&c| bias[c as usize]).collect();
+                    let mut full_grad = vec![0f32; rows * col.len()];
+                    let want = sampled_loss_cpu(&spec, &full, &full_bias, col.len(), &mut full_grad).unwrap();
+                    let mut want_grad = vec![0f64; rows * n_distinct];
+                    for (k, &g) in full_grad.iter().enumerate() {
+                        want_grad[k / col.len() * n_distinct + col[k % col.len()] as usize] += f64::from(g);
+                    }
+                    let mut grad = vec![f32::NAN; rows * n_distinct];
+                    let got = sampled_loss_distinct_cpu(&spec, &scores, &bias, &col, &mut grad).unwrap();
+                    assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "{kind:?} {act:?}: loss {got} vs {want}");
+                    for (k, (&a, &b)) in grad.iter().zip(&want_grad).enumerate() {
+                        assert!(
+                            (f64::from(a) - b).abs() <= 1e-6,
+                            "{kind:?} {act:?} logq {}: grad[{k}] {a} vs {b}",
+                            log_pop.is_some()
+                        );
+                    }
+                }
+            }
+        }
+        let spec = LossSpec { kind: LossKind::CrossEntropy, act: Act::Linear, log_pop: None, batch_size: 4 };
+        let mut grad = vec![0f32; rows * n_distinct];
+        let err = sampled_loss_distinct_cpu(&spec, &scores, &bias, &[0, 1, 6], &mut grad).unwrap_err().to_string();
+        assert!(err.contains("distinct item 6, expected one below 6"), "{err}");
     }
 
     #[test]

@@ -592,18 +592,17 @@ impl Gru4Rec {
                 log_pop: log_pop.map(|lp| (lp, cfg.logq)),
                 batch_size: cfg.batch_size,
             };
-            let mut d_scores = vec![0f32; rows * n_out];
+            let mut d_scores = vec![0f32; rows * n_distinct];
             let value = if n_distinct == n_out {
                 seqrec_kernels::loss::sampled_loss_cpu(&spec, &distinct_scores, &distinct_bias, n_out, &mut d_scores)?
             } else {
-                let scores: Vec<f32> = distinct_scores
-                    .chunks_exact(n_distinct)
-                    .flat_map(|row| col.iter().map(move |&c| row[c as usize]))
-                    .collect();
-                let bias: Vec<f32> = col.iter().map(|&c| distinct_bias[c as usize]).collect();
-                let value = seqrec_kernels::loss::sampled_loss_cpu(&spec, &scores, &bias, n_out, &mut d_scores)?;
-                d_scores = merge_columns(&d_scores, &col, n_distinct);
-                value
+                seqrec_kernels::loss::sampled_loss_distinct_cpu(
+                    &spec,
+                    &distinct_scores,
+                    &distinct_bias,
+                    &col,
+                    &mut d_scores,
+                )?
             } as f32;
             let mut d_bias = vec![0f32; n_distinct];
             for row in d_scores.chunks(n_distinct) {
@@ -783,17 +782,6 @@ fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
         }
         (uniq, col)
     })
-}
-
-/// `[rows, cols.len()]` row-major gradients summed into `[rows, n]` columns, column `c` into `cols[c]`.
-fn merge_columns(g: &[f32], cols: &[u32], n: usize) -> Vec<f32> {
-    let mut out = vec![0f32; g.len() / cols.len().max(1) * n];
-    for (row, dst) in g.chunks_exact(cols.len()).zip(out.chunks_exact_mut(n)) {
-        for (&x, &c) in row.iter().zip(cols) {
-            dst[c as usize] += x;
-        }
-    }
-    out
 }
 
 fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Tensor)> {
@@ -1011,17 +999,12 @@ mod tests {
     }
 
     #[test]
-    fn distinct_ids_keep_first_appearance_and_columns_sum_into_them() {
+    fn distinct_ids_keep_their_first_appearance() {
         let (uniq, col) = distinct(&[4, 1, 4, 7, 1, 4], 9);
         assert_eq!(uniq, [4, 1, 7]);
         assert_eq!(col, [0, 1, 0, 2, 1, 0]);
         // the scratch slots are cleared: a second call sees nothing of the first
         assert_eq!(distinct(&[7, 7], 9), (vec![7], vec![0, 0]));
-        let g = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0];
-        assert_eq!(
-            merge_columns(&g, &col, 3),
-            [1.0 + 3.0 + 6.0, 2.0 + 5.0, 4.0, 10.0 + 30.0 + 60.0, 20.0 + 50.0, 40.0]
-        );
     }
 
     #[test]
