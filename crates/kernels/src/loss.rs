@@ -242,40 +242,59 @@ pub fn sampled_loss_cpu(
     if rows == 0 || rows > cols || rows * cols != scores.len() {
         bail!("sampled loss: found {} scores in rows of {cols}, expected [B, B + S] with B >= 1", scores.len());
     }
-    if spec.batch_size == 0 {
-        bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
-    }
     if bias.len() != cols {
         bail!("sampled loss: found {} biases, expected {cols} (one per column)", bias.len());
+    }
+    check_spec_and_grad(spec, cols, scores.len(), grad.len())?;
+    Ok(sum_over_rows(spec, scores, grad, (cols, cols), |i, s, g, scale| full_row(spec, s, bias, i, g, scale)))
+}
+
+/// The checks both CPU losses share: the batch size, one log popularity per
+/// column (`cols` of them), a gradient buffer as large as the scores.
+fn check_spec_and_grad(spec: &LossSpec<'_>, cols: usize, n_scores: usize, n_grad: usize) -> Result<()> {
+    if spec.batch_size == 0 {
+        bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
     }
     if let Some((lp, _)) = spec.log_pop {
         if lp.len() != cols {
             bail!("sampled loss: found {} log popularities, expected {cols} (one per column)", lp.len());
         }
     }
-    if grad.len() != scores.len() {
-        bail!("sampled loss: found a gradient buffer of {}, expected {}", grad.len(), scores.len());
+    if n_grad != n_scores {
+        bail!("sampled loss: found a gradient buffer of {n_grad}, expected {n_scores}");
     }
+    Ok(())
+}
+
+/// Runs `row(i, scores_i, grad_i, 1 / batch_size)` over the rows of `width`
+/// stored values (`cols` columns each, `width` of them distinct) and returns
+/// the loss summed over rows, divided by the configured batch size. With a
+/// single column (no negatives) the loss and gradient are 0.
+fn sum_over_rows<F>(spec: &LossSpec<'_>, scores: &[f32], grad: &mut [f32], (width, cols): (usize, usize), row: F) -> f64
+where
+    F: Fn(usize, &[f32], &mut [f32], f64) -> f64 + Sync,
+{
     let scale = 1.0 / spec.batch_size as f64;
     if cols <= 1 {
         grad.iter_mut().for_each(|g| *g = 0.0);
-        return Ok(0.0);
+        return 0.0;
     }
-    let row_task = |(i, (s, g)): (usize, (&[f32], &mut [f32]))| full_row(spec, s, bias, i, g, scale);
+    let rows = scores.len() / width;
+    let task = |(i, (s, g)): (usize, (&[f32], &mut [f32]))| row(i, s, g, scale);
     // Rows are cheap (a few µs each): split them over threads only when there is enough work.
     let losses: Vec<f64> = if rows * cols >= PARALLEL_MIN {
-        scores.par_chunks(cols).zip(grad.par_chunks_mut(cols)).enumerate().map(row_task).collect()
+        scores.par_chunks(width).zip(grad.par_chunks_mut(width)).enumerate().map(task).collect()
     } else {
-        scores.chunks(cols).zip(grad.chunks_mut(cols)).enumerate().map(row_task).collect()
+        scores.chunks(width).zip(grad.chunks_mut(width)).enumerate().map(task).collect()
     };
-    Ok(losses.iter().sum::<f64>() * scale)
+    losses.iter().sum::<f64>() * scale
 }
 
 /// One row of [`sampled_loss_cpu`]: the loss of row `i` (its positive in
 /// column `i`) and the row's gradient in `g`.
 fn full_row(spec: &LossSpec<'_>, s: &[f32], bias: &[f32], i: usize, g: &mut [f32], scale: f64) -> f64 {
     if spec.kind == LossKind::CrossEntropy {
-        return crate::simd::dispatch(|| cross_entropy_row_f32(spec, s, bias, i, g, scale));
+        return crate::simd::dispatch(|| cross_entropy_row_f32(spec, s, bias, (i, None), g, scale));
     }
     let cols = s.len();
     let mut r = Vec::with_capacity(cols);
@@ -328,32 +347,16 @@ pub fn sampled_loss_distinct_cpu(
     if let Some(&bad) = col.iter().find(|&&c| c as usize >= n_distinct) {
         bail!("sampled loss: a column names distinct item {bad}, expected one below {n_distinct}");
     }
-    if spec.batch_size == 0 {
-        bail!("sampled loss: found batch size 0, expected the configured batch size (>= 1)");
-    }
-    if let Some((lp, _)) = spec.log_pop {
-        if lp.len() != cols {
-            bail!("sampled loss: found {} log popularities, expected {cols} (one per column)", lp.len());
-        }
-    }
-    if grad.len() != scores.len() {
-        bail!("sampled loss: found a gradient buffer of {}, expected {}", grad.len(), scores.len());
-    }
-    let scale = 1.0 / spec.batch_size as f64;
-    if cols <= 1 {
-        grad.iter_mut().for_each(|g| *g = 0.0);
-        return Ok(0.0);
-    }
+    check_spec_and_grad(spec, cols, scores.len(), grad.len())?;
     let direct = spec.kind == LossKind::CrossEntropy && spec.log_pop.is_none();
     let mut multiplicity = vec![0f32; if direct { n_distinct } else { 0 }];
     for &c in col.iter().filter(|_| direct) {
         multiplicity[c as usize] += 1.0;
     }
-    let row_task = |(i, (s, g)): (usize, (&[f32], &mut [f32]))| {
+    let row = |i: usize, s: &[f32], g: &mut [f32], scale: f64| {
         if direct {
-            return crate::simd::dispatch(|| {
-                cross_entropy_distinct_row_f32(spec.act, s, bias, &multiplicity, col[i] as usize, g, scale)
-            });
+            let pos = (col[i] as usize, Some(multiplicity.as_slice()));
+            return crate::simd::dispatch(|| cross_entropy_row_f32(spec, s, bias, pos, g, scale));
         }
         let full: Vec<f32> = col.iter().map(|&c| s[c as usize]).collect();
         let full_bias: Vec<f32> = col.iter().map(|&c| bias[c as usize]).collect();
@@ -365,61 +368,7 @@ pub fn sampled_loss_distinct_cpu(
         }
         loss
     };
-    let losses: Vec<f64> = if rows * cols >= PARALLEL_MIN {
-        scores.par_chunks(n_distinct).zip(grad.par_chunks_mut(n_distinct)).enumerate().map(row_task).collect()
-    } else {
-        scores.chunks(n_distinct).zip(grad.chunks_mut(n_distinct)).enumerate().map(row_task).collect()
-    };
-    Ok(losses.iter().sum::<f64>() * scale)
-}
-
-/// [`cross_entropy_row_f32`] over distinct items: item `u` stands for
-/// `multiplicity[u]` equal columns, the row's positive is item `pos`.
-#[inline(always)]
-fn cross_entropy_distinct_row_f32(
-    act: Act,
-    s: &[f32],
-    bias: &[f32],
-    multiplicity: &[f32],
-    pos: usize,
-    g: &mut [f32],
-    scale: f64,
-) -> f64 {
-    let mut dact = Vec::new();
-    for (o, (&x, &b)) in g.iter_mut().zip(s.iter().zip(bias)) {
-        *o = x + b;
-    }
-    if act != Act::Linear {
-        dact.reserve(g.len());
-        for o in g.iter_mut() {
-            let (y, d) = act.eval_f32(*o);
-            *o = y;
-            dact.push(d);
-        }
-    }
-    let max = g.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for o in g.iter_mut() {
-        *o = exp_f32(*o - max);
-    }
-    let e_pos = g[pos];
-    // each item's exponential counted once per column it fills
-    for (o, &m) in g.iter_mut().zip(multiplicity) {
-        *o *= m;
-    }
-    let total = sum_f64(g);
-    let pi = f64::from(e_pos) / total;
-    let c = -pi / (pi + LOG_EPSILON);
-    let k = (scale * c / total) as f32;
-    for o in g.iter_mut() {
-        *o *= -k;
-    }
-    g[pos] += (scale * c) as f32;
-    if !dact.is_empty() {
-        for (o, &d) in g.iter_mut().zip(&dact) {
-            *o *= d;
-        }
-    }
-    -(pi + LOG_EPSILON).ln()
+    Ok(sum_over_rows(spec, scores, grad, (n_distinct, cols), row))
 }
 
 /// Scores per call below which the rows are done on the calling thread.
@@ -470,8 +419,20 @@ fn sum_f64(v: &[f32]) -> f64 {
 /// `L = −log(p_i + ε)`, `∂L/∂s_j = −p_i/(p_i + ε) · (δ_ij − p_j) · act'`.
 /// Same definition as [`row_loss`]'s cross-entropy, without a scalar f64
 /// `exp` per score (which made the loss a sixth of a training step).
+/// `(i, multiplicity)`: the positive is value `i`; with a multiplicity the
+/// values are distinct items, item `u` standing for `multiplicity[u]` equal
+/// columns (its exponential counted that many times in the softmax, its
+/// gradient the sum over those columns); `spec.log_pop` has one value per
+/// column, so callers with a multiplicity leave logQ off.
 #[inline(always)]
-fn cross_entropy_row_f32(spec: &LossSpec<'_>, s: &[f32], bias: &[f32], i: usize, g: &mut [f32], scale: f64) -> f64 {
+fn cross_entropy_row_f32(
+    spec: &LossSpec<'_>,
+    s: &[f32],
+    bias: &[f32],
+    (i, multiplicity): (usize, Option<&[f32]>),
+    g: &mut [f32],
+    scale: f64,
+) -> f64 {
     let mut dact = Vec::new();
     for (o, (&x, &b)) in g.iter_mut().zip(s.iter().zip(bias)) {
         *o = x + b;
@@ -496,8 +457,14 @@ fn cross_entropy_row_f32(spec: &LossSpec<'_>, s: &[f32], bias: &[f32], i: usize,
     for o in g.iter_mut() {
         *o = exp_f32(*o - max);
     }
+    let e_pos = g[i];
+    if let Some(multiplicity) = multiplicity {
+        for (o, &m) in g.iter_mut().zip(multiplicity) {
+            *o *= m;
+        }
+    }
     let total = sum_f64(g);
-    let pi = f64::from(g[i]) / total;
+    let pi = f64::from(e_pos) / total;
     let c = -pi / (pi + LOG_EPSILON);
     // ∂L/∂r_j = c·(δ_ij − p_j) = −(c/total)·e_j, plus c on the positive.
     let k = (scale * c / total) as f32;
@@ -770,7 +737,7 @@ mod tests {
             let spec = LossSpec { kind: LossKind::CrossEntropy, act, log_pop, batch_size: 32 };
             let run = |wide: bool| {
                 let mut g = vec![0f32; cols];
-                let row = || cross_entropy_row_f32(&spec, &s, &bias, 3, &mut g, 1.0 / 32.0);
+                let row = || cross_entropy_row_f32(&spec, &s, &bias, (3, None), &mut g, 1.0 / 32.0);
                 let loss = if wide { crate::simd::dispatch(row) } else { crate::simd::baseline(row) };
                 (loss.to_bits(), g.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
             };

@@ -583,7 +583,7 @@ impl Gru4Rec {
         let kind = kernel_kind(&cfg.loss);
         let act = self.shape.final_act.kernel_act();
         let log_pop = batch.log_pop.filter(|_| cfg.logq > 0.0);
-        let (value, d_scores, d_bias) = if !self.device_ops {
+        let (value, d_scores) = if !self.device_ops {
             let distinct_scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
             let distinct_bias = bias.flatten_all()?.to_vec1::<f32>()?;
             let spec = seqrec_kernels::loss::LossSpec {
@@ -604,14 +604,7 @@ impl Gru4Rec {
                     &mut d_scores,
                 )?
             } as f32;
-            let mut d_bias = vec![0f32; n_distinct];
-            for row in d_scores.chunks(n_distinct) {
-                for (acc, &g) in d_bias.iter_mut().zip(row) {
-                    *acc += g;
-                }
-            }
-            let d_scores = Tensor::from_vec(d_scores, (rows, n_distinct), &self.device)?;
-            (value, d_scores, Tensor::from_vec(d_bias, (n_distinct, 1), &self.device)?)
+            (value, Tensor::from_vec(d_scores, (rows, n_distinct), &self.device)?)
         } else {
             // On the device: the fused loss kernel, no score matrix through the host.
             let lp = log_pop.map(|lp| Tensor::from_slice(lp, lp.len(), &self.device)).transpose()?;
@@ -629,9 +622,9 @@ impl Gru4Rec {
             } else {
                 Tensor::zeros((rows, n_distinct), DType::F32, &self.device)?.index_add(&col, &d_scores, 1)?
             };
-            let d_bias = d_scores.sum(0)?.reshape((n_distinct, 1))?;
-            (value as f32, d_scores, d_bias)
+            (value as f32, d_scores)
         };
+        let d_bias = column_sums(&d_scores)?.reshape((n_distinct, 1))?;
         let constrained = self.shape.input() == Input::Constrained;
         // Constrained on the CPU: the output table's gradient is [dx ‖ dO];
         // dO is written straight after room for dx instead of being copied
