@@ -26,14 +26,21 @@ const SAMPLES: usize = 2048;
 const BLOCKS: usize = 25;
 const STEPS: usize = 100;
 
-fn main() {
+fn main() -> Result<(), String> {
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
         eprintln!("note: GLIBC_TUNABLES is not set; see the example's header for the allocator settings of `seqrec`");
     }
     let mut args = std::env::args().skip(1);
-    let n_ids: usize = args.next().map_or(8000, |s| s.parse().expect("ITEMS: a number of items"));
+    let n_ids = match args.next() {
+        None => 8000,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if n >= 2 => n,
+            _ => return Err(format!("ITEMS: found `{s}`, expected a number of items >= 2")),
+        },
+    };
     let setting = args.next().unwrap_or_else(|| "b".into());
-    rayon::ThreadPoolBuilder::new().build().expect("a rayon pool").install(|| run(n_ids, &setting));
+    let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| e.to_string())?;
+    pool.install(|| run(n_ids, &setting))
 }
 
 /// Cumulative weights of ids `1..n_ids` for popularity ∝ rank^-`exponent`.
@@ -52,11 +59,11 @@ fn draw(rng: &mut Rng, cum: &[f64]) -> u32 {
     (cum.partition_point(|&x| x < u) + 1).min(cum.len()) as u32
 }
 
-fn run(n_ids: usize, setting: &str) {
+fn run(n_ids: usize, setting: &str) -> Result<(), String> {
     let (units, batch_size, constrained) = match setting {
         "a" => (100, 32, false),
         "b" => (480, 48, true),
-        other => panic!("setting `{other}`: expected a or b"),
+        other => return Err(format!("setting: found `{other}`, expected a or b")),
     };
     let shape = Gru4RecShape {
         layers: vec![units],
@@ -67,12 +74,12 @@ fn run(n_ids: usize, setting: &str) {
         final_act: FinalAct::Linear,
         reset_after: false,
     };
-    let mut model = Gru4Rec::new(shape, n_ids, 1, &Device::Cpu).expect("a model");
-    let mut opt = Optimizer::new(OptimizerKind::Adagrad, 0.05, 0.0).expect("an optimiser");
+    let mut model = Gru4Rec::new(shape, n_ids, 1, &Device::Cpu).map_err(|e| e.to_string())?;
+    let mut opt = Optimizer::new(OptimizerKind::Adagrad, 0.05, 0.0).map_err(|e| e.to_string())?;
     let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size };
     let (events, samples) = (cumulative(n_ids, 1.0), cumulative(n_ids, 0.5));
     let mut rng = Rng::new(7);
-    let mut state = model.zero_state(batch_size).expect("a state");
+    let mut state = model.zero_state(batch_size).map_err(|e| e.to_string())?;
     let _awake = seqrec_kernels::pool::KeepAwake::start();
     let mut block_ms = Vec::new();
     let mut distinct = 0;
@@ -89,7 +96,7 @@ fn run(n_ids: usize, setting: &str) {
                 distinct += ids.len();
             }
             let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &extra, log_pop: None };
-            model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).expect("a training step");
+            model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).map_err(|e| e.to_string())?;
         }
         // the first block warms up (state tables, caches)
         if block > 0 {
@@ -106,4 +113,5 @@ fn run(n_ids: usize, setting: &str) {
         per_step(block_ms[block_ms.len() / 4]),
         per_step(block_ms[block_ms.len() / 2]),
     );
+    Ok(())
 }
