@@ -378,6 +378,60 @@ pub fn scores_into(h: &Tensor, table: &Tensor, bias: &Tensor, out: &mut [f32]) -
     Ok(())
 }
 
+/// One block of a product into a caller's buffer, on the calling thread:
+/// `out[i, c] = Σ_j lhs[i·lhs_rs + j·lhs_cs] · rhs[j·n + c]` for `i < mr`,
+/// `j < k`, `c < n`; `out` is `mr × n` row-major and `rhs` `[k, n]`
+/// row-major. The optimiser's product-form gradients (`aᵀ·b` computed a
+/// block at a time, `crate::optim`) use it; the sums are gemm's, as in
+/// [`matmul`].
+///
+/// # Panics
+/// When a buffer is shorter than the strides reach (a caller's bug).
+// Unsafe: gemm takes raw pointers and strides (the reach is checked first).
+#[allow(unsafe_code)]
+pub(crate) fn gemm_block(
+    out: &mut [f32],
+    (mr, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+) {
+    if mr == 0 || n == 0 {
+        return;
+    }
+    assert!(out.len() >= mr * n && rhs.len() >= k * n, "gemm_block: output or right operand too short");
+    if k == 0 {
+        out[..mr * n].fill(0.0);
+        return;
+    }
+    assert!((mr - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(), "gemm_block: left operand too short");
+    // SAFETY: every element the strides reach lies inside the slices (checked
+    // above); `out` is exclusively borrowed and not read (read_dst = false).
+    unsafe {
+        gemm::gemm(
+            mr,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -430,11 +430,12 @@ struct Fused<'a> {
     state: &'a Tensor,
 }
 
-/// The inner op of [`Fused`]: holds the parameter (already opened) and the gradient.
+/// The inner op of [`Fused`] and [`FusedOuter`]: holds the parameter
+/// (already opened) and the gradient.
 struct FusedInner<'a> {
     rule: Rule,
     groups: Option<&'a RowGroups>,
-    grad: &'a [f32],
+    grad: Source<'a>,
     width: usize,
     param: std::sync::Mutex<&'a mut [f32]>,
 }
@@ -463,8 +464,13 @@ impl InplaceOp2 for Fused<'_> {
             }
             None => {}
         }
-        let inner =
-            FusedInner { rule: self.rule, groups: self.groups, grad, width, param: std::sync::Mutex::new(param) };
+        let inner = FusedInner {
+            rule: self.rule,
+            groups: self.groups,
+            grad: Source::Rows(grad),
+            width,
+            param: std::sync::Mutex::new(param),
+        };
         self.state.inplace_op1(&inner)
     }
 }
@@ -481,9 +487,15 @@ impl candle_core::InplaceOp1 for FusedInner<'_> {
         if state.len() != 2 * param.len() {
             bail!("{what}: state of {} elements for a parameter of {}", state.len(), param.len());
         }
-        match self.groups {
-            Some(groups) => sparse_fused_cpu(&self.rule, &mut param, state, self.grad, self.width, groups),
-            None => dense_fused_cpu(&self.rule, &mut param, state, self.grad),
+        match (self.groups, self.grad) {
+            (Some(groups), Source::Rows(grad)) => {
+                sparse_fused_cpu(&self.rule, &mut param, state, grad, self.width, groups)
+            }
+            (None, Source::Rows(grad)) => dense_fused_cpu(&self.rule, &mut param, state, grad),
+            (Some(groups), Source::Outer(g)) => {
+                sparse_outer_fused_cpu(&self.rule, &mut param, state, self.width, groups, g)
+            }
+            (None, Source::Outer(g)) => dense_outer_fused_cpu(&self.rule, &mut param, state, g),
         }
         Ok(())
     }
@@ -600,6 +612,302 @@ pub fn dense_fused_cpu(rule: &Rule, param: &mut [f32], state: &mut [f32], grad: 
                 }
             })
         });
+}
+
+/// A gradient in product form: the rows of `[rows ‖ aᵀ·b]`, where `rows` is
+/// `n × width` (possibly empty), `a` is `[k, m]` and `b` is `[k, width]`,
+/// all row-major. Backpropagation through `x·W` gives `W`'s gradient as
+/// `xᵀ·d` with `k` the batch's rows; an optimiser handed that pair computes
+/// the gradient a block of rows at a time and steps the block while it is
+/// in cache, instead of writing the whole gradient out and reading it back
+/// (see [`dense_step_outer`], [`sparse_step_outer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OuterGrad<'a> {
+    /// Gradient rows given as they are (sparse steps only; empty for dense).
+    pub rows: &'a [f32],
+    /// `[k, m]`: row `j` of the product is `Σ_i a[i, j] · b[i, :]`.
+    pub a: &'a [f32],
+    /// `[k, width]`.
+    pub b: &'a [f32],
+    /// The shared dimension (> 0).
+    pub k: usize,
+}
+
+impl OuterGrad<'_> {
+    /// Rows of the product part.
+    fn m(&self) -> usize {
+        self.a.len() / self.k.max(1)
+    }
+
+    fn check(&self, width: usize, what: &str) -> Result<()> {
+        if self.k == 0
+            || self.a.len() % self.k != 0
+            || self.b.len() != self.k * width
+            || self.rows.len() % width.max(1) != 0
+        {
+            bail!(
+                "{what}: a product gradient of {} + {} · {} elements does not make rows of {width} (k = {})",
+                self.rows.len(),
+                self.a.len(),
+                self.b.len(),
+                self.k
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where a fused CPU step reads its gradient.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// The gradient (dense) or its rows (sparse), materialised.
+    Rows(&'a [f32]),
+    /// In product form.
+    Outer(OuterGrad<'a>),
+}
+
+/// [`Fused`] with a gradient in product form: an in-place op on the parameter.
+struct FusedOuter<'a> {
+    rule: Rule,
+    groups: Option<&'a RowGroups>,
+    state: &'a Tensor,
+    grad: OuterGrad<'a>,
+}
+
+impl candle_core::InplaceOp1 for FusedOuter<'_> {
+    fn name(&self) -> &'static str {
+        "optimiser-fused-outer-step"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout) -> Result<()> {
+        let what = self.name();
+        let dims = dst_l.dims().to_vec();
+        let param = f32_slice_mut(dst, dst_l, what)?;
+        let width = dims[1..].iter().product::<usize>();
+        self.grad.check(width, what)?;
+        match self.groups {
+            Some(groups) => groups.check(dims[0], self.grad.rows.len() / width.max(1) + self.grad.m(), what)?,
+            None if !self.grad.rows.is_empty() || self.grad.m() * width != param.len() => bail!(
+                "{what}: a dense product gradient of [{}, {width}] (and {} given rows) for a parameter of {:?}",
+                self.grad.m(),
+                self.grad.rows.len() / width.max(1),
+                dims
+            ),
+            None => {}
+        }
+        let inner = FusedInner {
+            rule: self.rule,
+            groups: self.groups,
+            grad: Source::Outer(self.grad),
+            width,
+            param: std::sync::Mutex::new(param),
+        };
+        self.state.inplace_op1(&inner)
+    }
+}
+
+/// The f32 elements of a tensor on the CPU, for a closure (made contiguous first).
+fn with_cpu_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*s else { bail!("{what}: expected a tensor on the CPU") };
+    f(f32_slice(s, l, what)?)
+}
+
+/// [`dense_step`] with the gradient `aᵀ·b` (`a` `[k, rows]`, `b` `[k, cols]`
+/// for a `[rows, cols]` parameter). On the CPU the gradient is computed a
+/// block of rows at a time and each block stepped while it is in cache;
+/// elsewhere it is materialised and handed to [`dense_step`]. The same
+/// parameters as `dense_step(…, aᵀ·b)` (each element is one gemm sum over
+/// `k` either way; tested).
+///
+/// # Errors
+/// As [`dense_step`], and operands whose shapes do not give the parameter's.
+pub fn dense_step_outer(rule: Rule, param: &Tensor, state: &Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
+    let ((k, m), (k2, n)) = (a.dims2()?, b.dims2()?);
+    if k != k2 || param.elem_count() != m * n {
+        bail!("dense outer step: [{k}, {m}]ᵀ · [{k2}, {n}] for a parameter of {:?}", param.dims());
+    }
+    if !(param.device().is_cpu() && state.device().is_cpu() && a.device().is_cpu() && b.device().is_cpu()) {
+        let grad = crate::matmul::matmul(&a.t()?, b)?.reshape(param.shape())?;
+        return dense_step(rule, param, state, &grad);
+    }
+    let what = "dense outer step";
+    with_cpu_f32(a, what, |av| {
+        with_cpu_f32(b, what, |bv| {
+            let grad = OuterGrad { rows: &[], a: av, b: bv, k };
+            param.inplace_op1(&FusedOuter { rule, groups: None, state, grad })
+        })
+    })
+}
+
+/// [`sparse_step`] with the gradient rows `[rows ‖ aᵀ·b]` (`rows`
+/// `[n, width]`, `a` `[k, m]`, `b` `[k, width]`; `groups` over those
+/// `n + m` rows). On the CPU each task computes the product rows its
+/// parameter rows need (one gemm) and steps them at once; elsewhere the
+/// gradient is materialised and handed to [`sparse_step`]. The same
+/// parameters as `sparse_step(…, [rows ‖ aᵀ·b])` (tested).
+///
+/// # Errors
+/// As [`sparse_step`], and operands whose shapes do not chain.
+pub fn sparse_step_outer(
+    rule: Rule,
+    param: &Tensor,
+    state: &Tensor,
+    rows: &Tensor,
+    (a, b): (&Tensor, &Tensor),
+    groups: &RowGroups,
+) -> Result<()> {
+    let ((n, w), (k, _), (k2, w2)) = (rows.dims2()?, a.dims2()?, b.dims2()?);
+    if k != k2 || w != w2 {
+        bail!("sparse outer step: rows [{n}, {w}] and [{k}, _]ᵀ · [{k2}, {w2}] do not chain");
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let cpu = [param, state, rows, a, b].iter().all(|t| t.device().is_cpu());
+    if !cpu {
+        let product = crate::matmul::matmul(&a.t()?, b)?;
+        return sparse_step(rule, param, state, &Tensor::cat(&[rows, &product], 0)?, groups);
+    }
+    let what = "sparse outer step";
+    with_cpu_f32(rows, what, |rv| {
+        with_cpu_f32(a, what, |av| {
+            with_cpu_f32(b, what, |bv| {
+                let grad = OuterGrad { rows: rv, a: av, b: bv, k };
+                param.inplace_op1(&FusedOuter { rule, groups: Some(groups), state, grad })
+            })
+        })
+    })
+}
+
+/// Parameter rows per block of the product-form steps: the height of gemm's
+/// f32 micro-kernel on AVX-512 (smaller blocks waste its lanes), and
+/// 48 × 1,440 values (a GRU's input weights at 480 units) fit in a 1 MB L2.
+const OUTER_BLOCK: usize = 48;
+
+thread_local! {
+    /// Per-thread scratch of the product-form steps (the packed left
+    /// operand and the block of product rows).
+    static OUTER_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// One parameter chunk's step from its (summed) gradient.
+#[inline(always)]
+fn step_chunk(rule: &Rule, plain: Option<(f32, f32)>, p: &mut [f32], a: &mut [f32], b: &mut [f32], g: &[f32]) {
+    match plain {
+        Some((lr, eps)) => plain_step(lr, eps, a, p, g),
+        None => {
+            update_state(rule, a, b, g);
+            apply_step(rule, p, a, b);
+        }
+    }
+}
+
+/// CPU dense step with the gradient `aᵀ·b` (`g.rows` empty): blocks of
+/// [`OUTER_BLOCK`] parameter rows, each computed by gemm into a per-thread
+/// buffer and stepped at once.
+pub fn dense_outer_fused_cpu(rule: &Rule, param: &mut [f32], state: &mut [f32], g: OuterGrad<'_>) {
+    let (k, m) = (g.k, g.m());
+    let n = g.b.len() / k.max(1);
+    if n == 0 || m == 0 {
+        return;
+    }
+    let (s0, s1) = state.split_at_mut(param.len());
+    let plain = plain_adagrad(rule);
+    param
+        .par_chunks_mut(OUTER_BLOCK * n)
+        .zip(s0.par_chunks_mut(OUTER_BLOCK * n))
+        .zip(s1.par_chunks_mut(OUTER_BLOCK * n))
+        .enumerate()
+        .for_each(|(c, ((p, a0), a1))| {
+            OUTER_SCRATCH.with_borrow_mut(|(_, grad)| {
+                grad.resize(p.len(), 0.0);
+                // Rows c·B.. of aᵀ: a read down its columns.
+                crate::matmul::gemm_block(grad, (p.len() / n, n, k), &g.a[c * OUTER_BLOCK..], (1, m), g.b);
+                crate::simd::dispatch(|| step_chunk(rule, plain, p, a0, a1, grad));
+            })
+        });
+}
+
+/// CPU sparse step with the gradient rows `[g.rows ‖ aᵀ·b]`: per task of
+/// [`OUTER_BLOCK`] parameter rows, the product rows their groups name are
+/// computed by one gemm (their columns of `a` packed first), then each
+/// row's gradient is summed in the groups' order and stepped, as in
+/// [`sparse_fused_cpu`].
+pub fn sparse_outer_fused_cpu(
+    rule: &Rule,
+    param: &mut [f32],
+    state: &mut [f32],
+    width: usize,
+    groups: &RowGroups,
+    g: OuterGrad<'_>,
+) {
+    let (k, m) = (g.k, g.m());
+    let n_given = g.rows.len() / width.max(1);
+    let mut rows: Vec<RowPair<'_>> = touched_rows(state, 2 * width, &groups.rows)
+        .into_iter()
+        .zip(touched_rows(param, width, &groups.rows))
+        .collect();
+    let plain = plain_adagrad(rule);
+    let task = |(c, rows): (usize, &mut [RowPair<'_>])| {
+        OUTER_SCRATCH.with_borrow_mut(|(packed, product)| {
+            let first = c * OUTER_BLOCK;
+            let sources = |i: usize| &groups.sources[groups.starts[first + i]..groups.starts[first + i + 1]];
+            // Columns of `a` this task needs, in the order the sums read them.
+            packed.clear();
+            let mut n_product = 0;
+            for i in 0..rows.len() {
+                for &s in sources(i) {
+                    if let Some(j) = (s as usize).checked_sub(n_given) {
+                        packed.extend((0..k).map(|r| g.a[r * m + j]));
+                        n_product += 1;
+                    }
+                }
+            }
+            product.resize(n_product * width, 0.0);
+            crate::matmul::gemm_block(product, (n_product, width, k), packed, (k, 1), g.b);
+            crate::simd::dispatch(|| {
+                let mut sum = vec![0f32; width];
+                let mut next = 0;
+                for i in 0..rows.len() {
+                    if let Some((s_ahead, p_ahead)) = rows.get(i + PREFETCH_AHEAD) {
+                        prefetch(if plain.is_some() { &s_ahead[..width] } else { s_ahead });
+                        prefetch(p_ahead);
+                    }
+                    let mut row_of = |s: u32| -> &[f32] {
+                        let s = s as usize;
+                        if s < n_given {
+                            &g.rows[s * width..(s + 1) * width]
+                        } else {
+                            next += 1;
+                            &product[(next - 1) * width..next * width]
+                        }
+                    };
+                    let srcs = sources(i);
+                    let summed: &[f32] = if srcs.len() == 1 {
+                        row_of(srcs[0])
+                    } else {
+                        sum.copy_from_slice(row_of(srcs[0]));
+                        for &s in &srcs[1..] {
+                            for (acc, &x) in sum.iter_mut().zip(row_of(s)) {
+                                *acc += x;
+                            }
+                        }
+                        &sum
+                    };
+                    let (srow, prow) = &mut rows[i];
+                    let (a0, a1) = srow.split_at_mut(width);
+                    step_chunk(rule, plain, prow, a0, a1, summed);
+                }
+            })
+        })
+    };
+    if rows.len() > OUTER_BLOCK {
+        rows.par_chunks_mut(OUTER_BLOCK).enumerate().for_each(task);
+    } else {
+        task((0, rows.as_mut_slice()));
+    }
 }
 
 /// The CUDA side of [`StateUpdate`] and [`ApplyStep`] (`cuda/optim.cu`).
@@ -937,6 +1245,94 @@ mod tests {
                 assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap(), "{rule:?}");
             }
         }
+    }
+
+    /// `(param, state)` of `rows × width` from fixed values (state non-negative).
+    fn table(rows: usize, width: usize, dev: &Device) -> (Tensor, Tensor) {
+        let p = Tensor::from_vec(values(rows * width, 7), (rows, width), dev).unwrap();
+        let s = values(rows * 2 * width, 8).iter().map(|x| x.abs()).collect::<Vec<_>>();
+        (p, Tensor::from_vec(s, (rows, 2 * width), dev).unwrap())
+    }
+
+    fn all(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn product_form_dense_step_equals_the_materialised_gradient() {
+        // 100 rows: two full blocks of 48 and a partial one.
+        let (m, n, k) = (100usize, 70usize, 13usize);
+        let dev = Device::Cpu;
+        let adam = Rule::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 3, weight_decay: 0.1 };
+        for rule in [
+            Rule::AdagradM { lr: 0.1, momentum: 0.3, eps: 1e-6 },
+            adam,
+            Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 },
+        ] {
+            let ((p1, s1), (p2, s2)) = (table(m, n, &dev), table(m, n, &dev));
+            let (s1, s2) = (s1.reshape(2 * m * n).unwrap(), s2.reshape(2 * m * n).unwrap());
+            for step in 0..3u64 {
+                let a = Tensor::from_vec(values(k * m, 30 + step), (k, m), &dev).unwrap();
+                let b = Tensor::from_vec(values(k * n, 40 + step), (k, n), &dev).unwrap();
+                dense_step_outer(rule, &p1, &s1, &a, &b).unwrap();
+                let grad = crate::matmul::matmul(&a.t().unwrap(), &b).unwrap();
+                dense_step(rule, &p2, &s2, &grad).unwrap();
+            }
+            assert_eq!(all(&p1), all(&p2), "{rule:?}");
+            assert_eq!(all(&s1), all(&s2), "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn product_form_sparse_step_equals_the_materialised_gradient() {
+        // More touched rows than one task (48), ids repeated within the
+        // given rows, within the product rows and across the two.
+        let (n_rows, width, k, m) = (300usize, 20usize, 9usize, 130usize);
+        let dev = Device::Cpu;
+        let adam = Rule::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 3, weight_decay: 0.1 };
+        for rule in [
+            Rule::AdagradM { lr: 0.1, momentum: 0.3, eps: 1e-6 },
+            adam,
+            Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 },
+        ] {
+            let ((p1, s1), (p2, s2)) = (table(n_rows, width, &dev), table(n_rows, width, &dev));
+            for step in 0..3u64 {
+                let given: Vec<u32> = vec![17, 4, 17, (step * 31) as u32 % 300];
+                let mut ids = given.clone();
+                ids.extend((0..m as u32).map(|j| (j * 7 + step as u32 * 3) % 290 + (j % 3)));
+                ids[given.len() + 5] = 4;
+                ids[given.len() + 9] = ids[given.len() + 2];
+                let groups = RowGroups::new(&ids);
+                let rows =
+                    Tensor::from_vec(values(given.len() * width, 50 + step), (given.len(), width), &dev).unwrap();
+                let a = Tensor::from_vec(values(k * m, 60 + step), (k, m), &dev).unwrap();
+                let b = Tensor::from_vec(values(k * width, 70 + step), (k, width), &dev).unwrap();
+                sparse_step_outer(rule, &p1, &s1, &rows, (&a, &b), &groups).unwrap();
+                let product = crate::matmul::matmul(&a.t().unwrap(), &b).unwrap();
+                let grad = Tensor::cat(&[&rows, &product], 0).unwrap();
+                sparse_step(rule, &p2, &s2, &grad, &groups).unwrap();
+            }
+            assert_eq!(all(&p1), all(&p2), "{rule:?}");
+            assert_eq!(all(&s1), all(&s2), "{rule:?}");
+        }
+    }
+
+    #[test]
+    fn product_form_steps_with_shapes_that_do_not_fit_are_errors() {
+        let dev = Device::Cpu;
+        let rule = Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 };
+        let (p, s) = table(10, 4, &dev);
+        let a = Tensor::zeros((3, 10), candle_core::DType::F32, &dev).unwrap();
+        let b = Tensor::zeros((3, 5), candle_core::DType::F32, &dev).unwrap();
+        let err = dense_step_outer(rule, &p, &s.reshape(80).unwrap(), &a, &b).unwrap_err();
+        assert!(err.to_string().contains("parameter of"), "{err}");
+        let rows = Tensor::zeros((1, 4), candle_core::DType::F32, &dev).unwrap();
+        let b4 = Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap();
+        // 1 given row + 10 product rows: position 11 does not exist.
+        let err = sparse_step_outer(rule, &p, &s, &rows, (&a, &b4), &RowGroups::new(&[0; 12])).unwrap_err();
+        assert!(err.to_string().contains("gradient row out of range"), "{err}");
+        let err = sparse_step_outer(rule, &p, &s, &rows, (&a, &b), &RowGroups::new(&[0])).unwrap_err();
+        assert!(err.to_string().contains("do not chain"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,8 @@ fn main() -> Result<(), String> {
         },
     };
     let setting = args.next().unwrap_or_else(|| "b".into());
+    // As the trainer: candle's own thread pool off, rayon's thread count fixed.
+    seqrec_models::gru4rec::pin_thread_count();
     let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| e.to_string())?;
     pool.install(|| run(n_ids, &setting))
 }

@@ -265,6 +265,58 @@ pub struct ParamGrad {
     pub rows: Option<Vec<u32>>,
 }
 
+/// A parameter's gradient as the backward pass leaves it: materialised, or
+/// (on the CPU, for [`Gru4Rec::train_step`]) in product form for the
+/// optimiser to compute a block at a time (`seqrec_kernels::optim::OuterGrad`).
+#[derive(Debug)]
+enum Grad {
+    /// Dense: the whole gradient; sparse: one row per id.
+    Full(Tensor),
+    /// Dense: `aᵀ·b`.
+    Product(Tensor, Tensor),
+    /// Sparse: the rows `[given ‖ aᵀ·b]`.
+    RowsThenProduct(Tensor, Tensor, Tensor),
+}
+
+impl Grad {
+    fn materialise(self) -> Result<Tensor> {
+        Ok(match self {
+            Grad::Full(t) => t,
+            Grad::Product(a, b) => mm(&a.t()?, &b)?,
+            Grad::RowsThenProduct(given, a, b) => Tensor::cat(&[&given, &mm(&a.t()?, &b)?], 0)?,
+        })
+    }
+}
+
+/// A [`Grad`] with its parameter's name and, for item tables, row ids.
+#[derive(Debug)]
+struct PendingGrad {
+    name: String,
+    grad: Grad,
+    rows: Option<Vec<u32>>,
+}
+
+impl PendingGrad {
+    fn dense(name: String, grad: Grad) -> Self {
+        PendingGrad { name, grad, rows: None }
+    }
+}
+
+/// The reset-before GRU's `Wh` gradient `rhᵀ·dac` (materialised or in
+/// product form) and `dac·Whᵀ`, the gradient of `rh`.
+fn wh_and_rh_grads(rh: &Tensor, dac: &Tensor, wh: &Tensor, product_form: bool) -> Result<(Grad, Tensor)> {
+    if product_form {
+        return Ok((Grad::Product(rh.clone(), dac.clone()), mm(dac, &wh.t()?)?));
+    }
+    let (d_wh, d_rh) = matmul_pair(&rh.t()?, dac, dac, &wh.t()?)?;
+    Ok((Grad::Full(d_wh), d_rh))
+}
+
+/// `aᵀ·b`, materialised or left in product form.
+fn weight_grad(a: &Tensor, b: &Tensor, product_form: bool) -> Result<Grad> {
+    Ok(if product_form { Grad::Product(a.clone(), b.clone()) } else { Grad::Full(mm(&a.t()?, b)?) })
+}
+
 /// Settings of a training step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepConfig {
@@ -443,7 +495,8 @@ impl Gru4Rec {
         caches: &[LayerCache],
         embed_mask: Option<&Tensor>,
         d_y: Tensor,
-        out: &mut Vec<ParamGrad>,
+        product_form: bool,
+        out: &mut Vec<PendingGrad>,
     ) -> Result<Tensor> {
         let mut d = d_y;
         for (i, (layer, cache)) in self.layers.iter().zip(caches).enumerate().rev() {
@@ -454,8 +507,8 @@ impl Gru4Rec {
             let (dac, dar, daz) = if let Some((gates, co)) = &cache.fused {
                 let bb = gru::backward_b(&d, gates, co)?;
                 let (dac, daz) = (bb.narrow(1, 0, h)?.contiguous()?, bb.narrow(1, h, h)?.contiguous()?);
-                let (d_wh, d_rh) = matmul_pair(&cache.rh.t()?, &dac, &dac, &layer.wh.t()?)?;
-                out.push(ParamGrad { name: format!("layer{i}.wh"), grad: d_wh, rows: None });
+                let (d_wh, d_rh) = wh_and_rh_grads(&cache.rh, &dac, &layer.wh, product_form)?;
+                out.push(PendingGrad::dense(format!("layer{i}.wh"), d_wh));
                 (dac, gru::backward_a(&d_rh, gates)?, daz)
             } else {
                 let dz = (&d * (&cache.c - &cache.prev)?)?;
@@ -464,16 +517,15 @@ impl Gru4Rec {
                 let dr = if layer.bhn.is_some() {
                     // cache.rh is h·Uc + b'
                     let dvhn = (&dac * &cache.r)?;
-                    out.push(ParamGrad {
-                        name: format!("layer{i}.wh"),
-                        grad: mm(&cache.prev.t()?, &dvhn)?,
-                        rows: None,
-                    });
-                    out.push(ParamGrad { name: format!("layer{i}.bhn"), grad: column_sums(&dvhn)?, rows: None });
+                    out.push(PendingGrad::dense(
+                        format!("layer{i}.wh"),
+                        weight_grad(&cache.prev, &dvhn, product_form)?,
+                    ));
+                    out.push(PendingGrad::dense(format!("layer{i}.bhn"), Grad::Full(column_sums(&dvhn)?)));
                     (&dac * &cache.rh)?
                 } else {
-                    let (d_wh, d_rh) = matmul_pair(&cache.rh.t()?, &dac, &dac, &layer.wh.t()?)?;
-                    out.push(ParamGrad { name: format!("layer{i}.wh"), grad: d_wh, rows: None });
+                    let (d_wh, d_rh) = wh_and_rh_grads(&cache.rh, &dac, &layer.wh, product_form)?;
+                    out.push(PendingGrad::dense(format!("layer{i}.wh"), d_wh));
                     (d_rh * &cache.prev)?
                 };
                 let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
@@ -482,20 +534,24 @@ impl Gru4Rec {
             };
             let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
             let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
-            out.push(ParamGrad { name: format!("layer{i}.b"), grad: column_sums(&dvx)?, rows: None });
+            out.push(PendingGrad::dense(format!("layer{i}.b"), Grad::Full(column_sums(&dvx)?)));
             d = match &layer.wx {
                 Some(wx) => {
-                    let (d_wrz, d_wx) = matmul_pair(&cache.prev.t()?, &d_rz, &cache.x.t()?, &dvx)?;
-                    out.push(ParamGrad { name: format!("layer{i}.wrz"), grad: d_wrz, rows: None });
-                    out.push(ParamGrad { name: format!("layer{i}.wx"), grad: d_wx, rows: None });
+                    let (d_wrz, d_wx) = if product_form {
+                        (Grad::Product(cache.prev.clone(), d_rz), Grad::Product(cache.x.clone(), dvx.clone()))
+                    } else {
+                        let (d_wrz, d_wx) = matmul_pair(&cache.prev.t()?, &d_rz, &cache.x.t()?, &dvx)?;
+                        (Grad::Full(d_wrz), Grad::Full(d_wx))
+                    };
+                    out.push(PendingGrad::dense(format!("layer{i}.wrz"), d_wrz));
+                    out.push(PendingGrad::dense(format!("layer{i}.wx"), d_wx));
                     mm(&dvx, &wx.t()?)?
                 }
                 None => {
-                    out.push(ParamGrad {
-                        name: format!("layer{i}.wrz"),
-                        grad: mm(&cache.prev.t()?, &d_rz)?,
-                        rows: None,
-                    });
+                    out.push(PendingGrad::dense(
+                        format!("layer{i}.wrz"),
+                        weight_grad(&cache.prev, &d_rz, product_form)?,
+                    ));
                     dvx
                 }
             };
@@ -520,16 +576,30 @@ impl Gru4Rec {
         opt: &mut Optimizer,
         dropout_rng: &mut Rng,
     ) -> Result<f32> {
-        let (value, grads) = self.gradients(batch, state, cfg, dropout_rng)?;
+        // On the CPU the weight gradients stay in product form (`xᵀ·d`): the
+        // optimiser computes them a block at a time and steps each block while
+        // it is in cache, instead of writing ≈ 9 MB of gradients per step at
+        // 480 units and reading them back. The same parameters (tested).
+        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, self.device.is_cpu())?;
         opt.begin_step();
         let params = self.named_tensors();
         for g in &grads {
             let Some(param) = params.get(&g.name) else {
                 return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
             };
-            match &g.rows {
-                Some(ids) => opt.sparse(&g.name, param, &g.grad, ids)?,
-                None => opt.dense(&g.name, param, &g.grad)?,
+            match (&g.grad, &g.rows) {
+                (Grad::Full(grad), Some(ids)) => opt.sparse(&g.name, param, grad, ids)?,
+                (Grad::Full(grad), None) => opt.dense(&g.name, param, grad)?,
+                (Grad::Product(a, b), None) => opt.dense_outer(&g.name, param, a, b)?,
+                (Grad::RowsThenProduct(given, a, b), Some(ids)) => {
+                    opt.sparse_outer(&g.name, param, given, (a, b), ids)?
+                }
+                (grad, rows) => {
+                    return Err(ModelError::Invalid(format!(
+                        "GRU4Rec: gradient of `{}` in a form that does not fit its rows ({grad:?}, {rows:?})",
+                        g.name
+                    )))
+                }
             }
         }
         Ok(value)
@@ -548,6 +618,23 @@ impl Gru4Rec {
         cfg: &StepConfig,
         dropout_rng: &mut Rng,
     ) -> Result<(f32, Vec<ParamGrad>)> {
+        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, false)?;
+        let grads = grads
+            .into_iter()
+            .map(|g| Ok(ParamGrad { name: g.name, grad: g.grad.materialise()?, rows: g.rows }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((value, grads))
+    }
+
+    /// [`Gru4Rec::gradients`], with the weight gradients in product form when asked.
+    fn backward_pass(
+        &self,
+        batch: TrainBatch<'_>,
+        state: &mut [Tensor],
+        cfg: &StepConfig,
+        dropout_rng: &mut Rng,
+        product_form: bool,
+    ) -> Result<(f32, Vec<PendingGrad>)> {
         let rows = batch.inputs.len();
         if rows == 0 || batch.targets.len() != rows {
             return Err(ModelError::Invalid(format!(
@@ -626,6 +713,28 @@ impl Gru4Rec {
         };
         let d_bias = column_sums(&d_scores)?.reshape((n_distinct, 1))?;
         let constrained = self.shape.input() == Input::Constrained;
+        let mut out = Vec::new();
+        if product_form {
+            // dO = dSᵀ·y stays in product form for the optimiser.
+            let d_y = mm(&d_scores, &o)?;
+            let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, true, &mut out)?;
+            let (given, ids) = if constrained {
+                let mut ids = batch.inputs.to_vec();
+                ids.extend_from_slice(&o_ids);
+                (dx, ids)
+            } else {
+                let name = if self.shape.input() == Input::OneHot { "layer0.wx" } else { "embedding" };
+                out.push(PendingGrad { name: name.into(), grad: Grad::Full(dx), rows: Some(batch.inputs.to_vec()) });
+                (Tensor::zeros((0, y.dim(1)?), DType::F32, &self.device)?, o_ids.clone())
+            };
+            out.push(PendingGrad {
+                name: "wy".into(),
+                grad: Grad::RowsThenProduct(given, d_scores, y),
+                rows: Some(ids),
+            });
+            out.push(PendingGrad { name: "by".into(), grad: Grad::Full(d_bias), rows: Some(o_ids) });
+            return Ok((value, out));
+        }
         // Constrained on the CPU: the output table's gradient is [dx ‖ dO];
         // dO is written straight after room for dx instead of being copied
         // there by a concatenation (4 MB per step at 480 units).
@@ -640,8 +749,7 @@ impl Gru4Rec {
             let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
             (Some(d_o), d_y)
         };
-        let mut out = Vec::new();
-        let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, &mut out)?;
+        let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, false, &mut out)?;
         match self.shape.input() {
             Input::Constrained => {
                 let mut ids = batch.inputs.to_vec();
@@ -655,18 +763,18 @@ impl Gru4Rec {
                         Tensor::from_vec(wy_grad, (rows + n_distinct, width), &self.device)?
                     }
                 };
-                out.push(ParamGrad { name: "wy".into(), grad, rows: Some(ids) });
+                out.push(PendingGrad { name: "wy".into(), grad: Grad::Full(grad), rows: Some(ids) });
             }
             input => {
                 let name = if input == Input::OneHot { "layer0.wx" } else { "embedding" };
                 let d_o = d_o.ok_or_else(|| {
                     ModelError::Invalid("GRU4Rec: no separate dO outside the constrained mode".into())
                 })?;
-                out.push(ParamGrad { name: name.into(), grad: dx, rows: Some(batch.inputs.to_vec()) });
-                out.push(ParamGrad { name: "wy".into(), grad: d_o, rows: Some(o_ids.clone()) });
+                out.push(PendingGrad { name: name.into(), grad: Grad::Full(dx), rows: Some(batch.inputs.to_vec()) });
+                out.push(PendingGrad { name: "wy".into(), grad: Grad::Full(d_o), rows: Some(o_ids.clone()) });
             }
         }
-        out.push(ParamGrad { name: "by".into(), grad: d_bias, rows: Some(o_ids) });
+        out.push(PendingGrad { name: "by".into(), grad: Grad::Full(d_bias), rows: Some(o_ids) });
         Ok((value, out))
     }
 
@@ -1061,6 +1169,58 @@ mod tests {
                         g.name
                     );
                 }
+            }
+        }
+    }
+
+    /// `train_step` on the CPU hands the weight gradients to the optimiser in
+    /// product form; the parameters must be those of the materialised
+    /// gradients from `gradients` stepped one by one, to the last bit, in
+    /// every input mode and for both GRU forms, plain Adagrad and with
+    /// momentum, with an item that is an input, a target and a sample.
+    #[test]
+    fn training_steps_equal_the_materialised_gradients_stepped() {
+        use crate::optim::OptimizerKind;
+        for (layers, embedding, constrained, reset_after, momentum) in [
+            (vec![6], 0, false, false, 0.0),
+            (vec![5, 4], 3, false, false, 0.3),
+            (vec![50], 0, true, false, 0.0),
+            (vec![4, 3], 0, true, true, 0.3),
+        ] {
+            let sh =
+                Gru4RecShape { reset_after, dropout_p_hidden: 0.2, ..shape(layers.clone(), embedding, constrained) };
+            let mut stepped = Gru4Rec::new(sh.clone(), 70, 3, &Device::Cpu).unwrap();
+            let by_hand = Gru4Rec::new(sh, 70, 3, &Device::Cpu).unwrap();
+            let mut opts = [
+                Optimizer::new(OptimizerKind::Adagrad, 0.05, momentum).unwrap(),
+                Optimizer::new(OptimizerKind::Adagrad, 0.05, momentum).unwrap(),
+            ];
+            let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size: 4 };
+            let mut states = [stepped.zero_state(3).unwrap(), by_hand.zero_state(3).unwrap()];
+            let mut rngs = [Rng::new(9), Rng::new(9)];
+            for step in 0..4u32 {
+                let inputs = [2, 5 + step, 9];
+                let targets = [3u32, 2, 8 + step];
+                // more samples than one block of the sparse step (48 rows), repeats included
+                let samples: Vec<u32> = (0..60u32).map(|j| 1 + (j * 7 + step) % 69).chain([2, 2]).collect();
+                let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: None };
+                let [sa, sb] = &mut states;
+                let [ra, rb] = &mut rngs;
+                let [oa, ob] = &mut opts;
+                let la = stepped.train_step(batch, sa, &cfg, oa, ra).unwrap();
+                let (lb, grads) = by_hand.gradients(batch, sb, &cfg, rb).unwrap();
+                assert_eq!(la, lb, "step {step}");
+                ob.begin_step();
+                let params = by_hand.named_tensors();
+                for g in &grads {
+                    match &g.rows {
+                        Some(ids) => ob.sparse(&g.name, &params[&g.name], &g.grad, ids).unwrap(),
+                        None => ob.dense(&g.name, &params[&g.name], &g.grad).unwrap(),
+                    }
+                }
+            }
+            for (name, t) in stepped.named_tensors() {
+                assert_eq!(values(&t), values(&by_hand.named_tensors()[&name]), "{layers:?} {name}");
             }
         }
     }

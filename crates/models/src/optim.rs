@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
-use seqrec_kernels::optim::{dense_step, sparse_step, RowGroups, Rule};
+use seqrec_kernels::optim::{dense_step, dense_step_outer, sparse_step, sparse_step_outer, RowGroups, Rule};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -171,6 +171,49 @@ impl Optimizer {
             _ => (ids.to_vec(), RowGroups::new(ids)),
         };
         let done = sparse_step(rule, param, &state, &grad.contiguous()?, &groups.1);
+        self.last_groups = Some(groups);
+        Ok(done?)
+    }
+
+    /// [`Optimizer::dense`] with the gradient `aᵀ·b` (`a` `[k, rows]`, `b`
+    /// `[k, cols]`), computed by the update a block at a time on the CPU
+    /// ([`seqrec_kernels::optim::dense_step_outer`]); the same parameters.
+    ///
+    /// # Errors
+    /// As [`Optimizer::dense`].
+    pub fn dense_outer(&mut self, name: &str, param: &Tensor, a: &Tensor, b: &Tensor) -> Result<()> {
+        if self.kind == OptimizerKind::Nadam {
+            let grad = a.t()?.matmul(b)?.reshape(param.shape())?;
+            return self.nadam(name, param, &grad);
+        }
+        let state = self.state(name, param, false)?;
+        Ok(dense_step_outer(self.rule(), param, &state, a, b)?)
+    }
+
+    /// [`Optimizer::sparse`] with the gradient rows `[given ‖ aᵀ·b]` and
+    /// `ids` naming those rows in that order
+    /// ([`seqrec_kernels::optim::sparse_step_outer`]); the same parameters.
+    ///
+    /// # Errors
+    /// As [`Optimizer::sparse`].
+    pub fn sparse_outer(
+        &mut self,
+        name: &str,
+        param: &Tensor,
+        given: &Tensor,
+        (a, b): (&Tensor, &Tensor),
+        ids: &[u32],
+    ) -> Result<()> {
+        if self.kind == OptimizerKind::Nadam {
+            return self.sparse(name, param, given, ids);
+        }
+        let state = self.state(name, param, true)?;
+        let rule = self.rule();
+        let groups = match self.last_groups.take() {
+            Some((last, groups)) if last == ids => (last, groups),
+            _ => (ids.to_vec(), RowGroups::new(ids)),
+        };
+        let done = sparse_step_outer(rule, param, &state, &given.contiguous()?, (a, b), &groups.1);
         self.last_groups = Some(groups);
         Ok(done?)
     }
