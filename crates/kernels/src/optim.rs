@@ -1263,17 +1263,21 @@ mod tests {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
+    /// Adagrad with momentum, Adam(W), plain Adagrad (the fused passes' special case).
+    fn three_rules() -> [Rule; 3] {
+        [
+            Rule::AdagradM { lr: 0.1, momentum: 0.3, eps: 1e-6 },
+            Rule::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 3, weight_decay: 0.1 },
+            Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 },
+        ]
+    }
+
     #[test]
     fn product_form_dense_step_equals_the_materialised_gradient() {
-        // 100 rows: two full blocks of 48 and a partial one.
+        // 100 rows: four full blocks of 24 and a partial one.
         let (m, n, k) = (100usize, 70usize, 13usize);
         let dev = Device::Cpu;
-        let adam = Rule::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 3, weight_decay: 0.1 };
-        for rule in [
-            Rule::AdagradM { lr: 0.1, momentum: 0.3, eps: 1e-6 },
-            adam,
-            Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 },
-        ] {
+        for rule in three_rules() {
             let ((p1, s1), (p2, s2)) = (table(m, n, &dev), table(m, n, &dev));
             let (s1, s2) = (s1.reshape(2 * m * n).unwrap(), s2.reshape(2 * m * n).unwrap());
             for step in 0..3u64 {
@@ -1290,16 +1294,11 @@ mod tests {
 
     #[test]
     fn product_form_sparse_step_equals_the_materialised_gradient() {
-        // More touched rows than one task (48), ids repeated within the
+        // More touched rows than one task (24), ids repeated within the
         // given rows, within the product rows and across the two.
         let (n_rows, width, k, m) = (300usize, 20usize, 9usize, 130usize);
         let dev = Device::Cpu;
-        let adam = Rule::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 3, weight_decay: 0.1 };
-        for rule in [
-            Rule::AdagradM { lr: 0.1, momentum: 0.3, eps: 1e-6 },
-            adam,
-            Rule::AdagradM { lr: 0.1, momentum: 0.0, eps: 1e-6 },
-        ] {
+        for rule in three_rules() {
             let ((p1, s1), (p2, s2)) = (table(n_rows, width, &dev), table(n_rows, width, &dev));
             for step in 0..3u64 {
                 let given: Vec<u32> = vec![17, 4, 17, (step * 31) as u32 % 300];

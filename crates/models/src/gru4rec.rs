@@ -1201,7 +1201,7 @@ mod tests {
             for step in 0..4u32 {
                 let inputs = [2, 5 + step, 9];
                 let targets = [3u32, 2, 8 + step];
-                // more samples than one block of the sparse step (48 rows), repeats included
+                // more samples than one task of the sparse step (24 rows), repeats included
                 let samples: Vec<u32> = (0..60u32).map(|j| 1 + (j * 7 + step) % 69).chain([2, 2]).collect();
                 let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: None };
                 let [sa, sb] = &mut states;
