@@ -207,14 +207,20 @@ pub fn sparse_state_update_cpu(rule: &Rule, state: &mut [f32], grad: &[f32], wid
 #[inline(always)]
 fn group_gradient<'a>(groups: &RowGroups, g: usize, grad: &'a [f32], width: usize, sum: &'a mut [f32]) -> &'a [f32] {
     let sources = &groups.sources[groups.starts[g]..groups.starts[g + 1]];
-    let first = sources[0] as usize * width;
+    sum_sources(sources, |s| &grad[s as usize * width..(s as usize + 1) * width], sum)
+}
+
+/// The gradient rows `row_of(s)` of `sources` (non-empty): the one row as
+/// is, or the rows summed in order into `sum` (the first copied, the others
+/// added). `row_of` is called once per source, in order.
+#[inline(always)]
+fn sum_sources<'a>(sources: &[u32], mut row_of: impl FnMut(u32) -> &'a [f32], sum: &'a mut [f32]) -> &'a [f32] {
     if sources.len() == 1 {
-        return &grad[first..first + width];
+        return row_of(sources[0]);
     }
-    sum.copy_from_slice(&grad[first..first + width]);
+    sum.copy_from_slice(row_of(sources[0]));
     for &s in &sources[1..] {
-        let s = s as usize * width;
-        for (acc, &x) in sum.iter_mut().zip(&grad[s..s + width]) {
+        for (acc, &x) in sum.iter_mut().zip(row_of(s)) {
             *acc += x;
         }
     }
@@ -544,23 +550,11 @@ pub fn sparse_fused_cpu(
         crate::simd::dispatch(|| {
             let mut sum = vec![0f32; width];
             for k in 0..rows.len() {
-                // The rows are random lines of tables larger than the cache, and
-                // the update stalled on their first loads (perf): ask for the
-                // rows a few steps ahead.
-                if let Some((s_ahead, p_ahead)) = rows.get(k + PREFETCH_AHEAD) {
-                    prefetch(if plain.is_some() { &s_ahead[..width] } else { s_ahead });
-                    prefetch(p_ahead);
-                }
+                prefetch_ahead(rows, k, width, plain.is_some());
                 let (srow, prow) = &mut rows[k];
                 let summed = group_gradient(groups, c * chunk + k, grad, width, &mut sum);
                 let (a, b) = srow.split_at_mut(width);
-                match plain {
-                    Some((lr, eps)) => plain_step(lr, eps, a, prow, summed),
-                    None => {
-                        update_state(rule, a, b, summed);
-                        apply_step(rule, prow, a, b);
-                    }
-                }
+                step_chunk(rule, plain, prow, a, b, summed);
             }
         })
     };
@@ -591,6 +585,32 @@ fn plain_step(lr: f32, eps: f32, acc: &mut [f32], p: &mut [f32], g: &[f32]) {
     }
 }
 
+/// One chunk's step from its (summed) gradient `g`: parameters `p`, state
+/// slots `a` and `b`; with plain Adagrad (`plain`, see [`plain_adagrad`])
+/// slot 1 is neither read nor written.
+#[inline(always)]
+fn step_chunk(rule: &Rule, plain: Option<(f32, f32)>, p: &mut [f32], a: &mut [f32], b: &mut [f32], g: &[f32]) {
+    match plain {
+        Some((lr, eps)) => plain_step(lr, eps, a, p, g),
+        None => {
+            update_state(rule, a, b, g);
+            apply_step(rule, p, a, b);
+        }
+    }
+}
+
+/// The rows of a sparse step are random lines of tables larger than the
+/// cache, and the update stalled on their first loads (perf): asks for the
+/// state (slot 0 only when `plain`) and parameter row [`PREFETCH_AHEAD`]
+/// rows after row `i`.
+#[inline(always)]
+fn prefetch_ahead(rows: &[RowPair<'_>], i: usize, width: usize, plain: bool) {
+    if let Some((s_ahead, p_ahead)) = rows.get(i + PREFETCH_AHEAD) {
+        prefetch(if plain { &s_ahead[..width] } else { s_ahead });
+        prefetch(p_ahead);
+    }
+}
+
 /// CPU dense step in one pass: `state` is `[slot 0 ‖ slot 1]` of
 /// `param.len()` elements each; every chunk's state is updated and its
 /// parameters stepped while both are in cache.
@@ -603,15 +623,7 @@ pub fn dense_fused_cpu(rule: &Rule, param: &mut [f32], state: &mut [f32], grad: 
         .zip(a.par_chunks_mut(CHUNK))
         .zip(b.par_chunks_mut(CHUNK))
         .zip(grad.par_chunks(CHUNK))
-        .for_each(|(((p, a), b), g)| {
-            crate::simd::dispatch(|| match plain {
-                Some((lr, eps)) => plain_step(lr, eps, a, p, g),
-                None => {
-                    update_state(rule, a, b, g);
-                    apply_step(rule, p, a, b);
-                }
-            })
-        });
+        .for_each(|(((p, a), b), g)| crate::simd::dispatch(|| step_chunk(rule, plain, p, a, b, g)));
 }
 
 /// A gradient in product form: the rows of `[rows ‖ aᵀ·b]`, where `rows` is
@@ -797,18 +809,6 @@ thread_local! {
     static OUTER_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// One parameter chunk's step from its (summed) gradient.
-#[inline(always)]
-fn step_chunk(rule: &Rule, plain: Option<(f32, f32)>, p: &mut [f32], a: &mut [f32], b: &mut [f32], g: &[f32]) {
-    match plain {
-        Some((lr, eps)) => plain_step(lr, eps, a, p, g),
-        None => {
-            update_state(rule, a, b, g);
-            apply_step(rule, p, a, b);
-        }
-    }
-}
-
 /// CPU dense step with the gradient `aᵀ·b` (`g.rows` empty): blocks of
 /// [`OUTER_BLOCK`] parameter rows, each computed by gemm into a per-thread
 /// buffer and stepped at once.
@@ -872,15 +872,14 @@ pub fn sparse_outer_fused_cpu(
             }
             product.resize(n_product * width, 0.0);
             crate::matmul::gemm_block(product, (n_product, width, k), packed, (k, 1), g.b);
+            let product: &[f32] = product;
             crate::simd::dispatch(|| {
                 let mut sum = vec![0f32; width];
+                // Product rows are read in the order they were computed.
                 let mut next = 0;
                 for i in 0..rows.len() {
-                    if let Some((s_ahead, p_ahead)) = rows.get(i + PREFETCH_AHEAD) {
-                        prefetch(if plain.is_some() { &s_ahead[..width] } else { s_ahead });
-                        prefetch(p_ahead);
-                    }
-                    let mut row_of = |s: u32| -> &[f32] {
+                    prefetch_ahead(rows, i, width, plain.is_some());
+                    let row_of = |s: u32| -> &[f32] {
                         let s = s as usize;
                         if s < n_given {
                             &g.rows[s * width..(s + 1) * width]
@@ -889,18 +888,7 @@ pub fn sparse_outer_fused_cpu(
                             &product[(next - 1) * width..next * width]
                         }
                     };
-                    let srcs = sources(i);
-                    let summed: &[f32] = if srcs.len() == 1 {
-                        row_of(srcs[0])
-                    } else {
-                        sum.copy_from_slice(row_of(srcs[0]));
-                        for &s in &srcs[1..] {
-                            for (acc, &x) in sum.iter_mut().zip(row_of(s)) {
-                                *acc += x;
-                            }
-                        }
-                        &sum
-                    };
+                    let summed = sum_sources(sources(i), row_of, &mut sum);
                     let (srow, prow) = &mut rows[i];
                     let (a0, a1) = srow.split_at_mut(width);
                     step_chunk(rule, plain, prow, a0, a1, summed);
