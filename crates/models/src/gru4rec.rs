@@ -735,41 +735,18 @@ impl Gru4Rec {
             out.push(PendingGrad { name: "by".into(), grad: Grad::Full(d_bias), rows: Some(o_ids) });
             return Ok((value, out));
         }
-        // Constrained on the CPU: the output table's gradient is [dx ‖ dO];
-        // dO is written straight after room for dx instead of being copied
-        // there by a concatenation (4 MB per step at 480 units).
-        let mut wy_grad = Vec::new();
-        let (d_o, d_y) = if constrained && self.device.is_cpu() {
-            let width = y.dim(1)?;
-            wy_grad.reserve((rows + n_distinct) * width);
-            wy_grad.resize(rows * width, 0.0);
-            seqrec_kernels::matmul::matmul_append(&d_scores.t()?, &y, &mut wy_grad)?;
-            (None, mm(&d_scores, &o)?)
-        } else {
-            let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
-            (Some(d_o), d_y)
-        };
+        // Materialised (`gradients`, and training on other devices).
+        let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
         let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, false, &mut out)?;
         match self.shape.input() {
             Input::Constrained => {
                 let mut ids = batch.inputs.to_vec();
                 ids.extend_from_slice(&o_ids);
-                let grad = match d_o {
-                    Some(d_o) => Tensor::cat(&[&dx, &d_o], 0)?,
-                    None => {
-                        let width = dx.dim(1)?;
-                        let dx = dx.flatten_all()?.to_vec1::<f32>()?;
-                        wy_grad[..dx.len()].copy_from_slice(&dx);
-                        Tensor::from_vec(wy_grad, (rows + n_distinct, width), &self.device)?
-                    }
-                };
+                let grad = Tensor::cat(&[&dx, &d_o], 0)?;
                 out.push(PendingGrad { name: "wy".into(), grad: Grad::Full(grad), rows: Some(ids) });
             }
             input => {
                 let name = if input == Input::OneHot { "layer0.wx" } else { "embedding" };
-                let d_o = d_o.ok_or_else(|| {
-                    ModelError::Invalid("GRU4Rec: no separate dO outside the constrained mode".into())
-                })?;
                 out.push(PendingGrad { name: name.into(), grad: Grad::Full(dx), rows: Some(batch.inputs.to_vec()) });
                 out.push(PendingGrad { name: "wy".into(), grad: Grad::Full(d_o), rows: Some(o_ids.clone()) });
             }
