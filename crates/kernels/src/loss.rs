@@ -759,15 +759,20 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
     }
 
+    /// A fixed pseudo-random stream (an LCG) of f32 in `[-half, half)`.
+    fn uniform_stream(seed: u64, half: f32) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 * (2.0 * half) - half
+        }
+    }
+
     #[test]
     fn f32_cross_entropy_matches_the_f64_definition() {
         // Pseudo-random rows with every activation and logQ on and off.
         let (rows, cols) = (5usize, 37usize);
-        let mut state = 12345u64;
-        let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 * 6.0 - 3.0
-        };
+        let mut next = uniform_stream(12345, 3.0);
         let scores: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
         let bias: Vec<f32> = (0..cols).map(|_| next() * 0.3).collect();
         let lp: Vec<f32> = (0..cols).map(|_| next().abs()).collect();
@@ -804,11 +809,7 @@ mod tests {
         // and 2 share theirs), samples repeating items and a target.
         let col: [u32; 11] = [0, 1, 0, 2, 3, 2, 4, 5, 5, 0, 3];
         let (rows, n_distinct) = (3usize, 6usize);
-        let mut state = 99u64;
-        let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) as f32 * 4.0 - 2.0
-        };
+        let mut next = uniform_stream(99, 2.0);
         let scores: Vec<f32> = (0..rows * n_distinct).map(|_| next()).collect();
         let bias: Vec<f32> = (0..n_distinct).map(|_| next() * 0.3).collect();
         // log popularity is a property of the item: equal on repeated columns
