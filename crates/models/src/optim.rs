@@ -159,6 +159,20 @@ impl Optimizer {
     /// # Errors
     /// Shape mismatches, ids out of range or a failing op.
     pub fn sparse(&mut self, name: &str, param: &Tensor, grad: &Tensor, ids: &[u32]) -> Result<()> {
+        let grad = grad.contiguous()?;
+        self.sparse_with(name, param, ids, |rule, state, groups| sparse_step(rule, param, state, &grad, groups))
+    }
+
+    /// A sparse step of `param`'s rows `ids` by `step`, given the rule, the
+    /// state and the grouped ids (regrouped only when `ids` changed since the
+    /// last sparse step: a step's output table and bias share them).
+    fn sparse_with(
+        &mut self,
+        name: &str,
+        param: &Tensor,
+        ids: &[u32],
+        step: impl FnOnce(Rule, &Tensor, &RowGroups) -> candle_core::Result<()>,
+    ) -> Result<()> {
         if self.kind == OptimizerKind::Nadam {
             return Err(ModelError::Invalid(format!(
                 "key `optimizer`: nadam updates dense parameters only; `{name}` is updated sparsely (use adam)"
@@ -170,7 +184,7 @@ impl Optimizer {
             Some((last, groups)) if last == ids => (last, groups),
             _ => (ids.to_vec(), RowGroups::new(ids)),
         };
-        let done = sparse_step(rule, param, &state, &grad.contiguous()?, &groups.1);
+        let done = step(rule, &state, &groups.1);
         self.last_groups = Some(groups);
         Ok(done?)
     }
@@ -204,18 +218,10 @@ impl Optimizer {
         (a, b): (&Tensor, &Tensor),
         ids: &[u32],
     ) -> Result<()> {
-        if self.kind == OptimizerKind::Nadam {
-            return self.sparse(name, param, given, ids);
-        }
-        let state = self.state(name, param, true)?;
-        let rule = self.rule();
-        let groups = match self.last_groups.take() {
-            Some((last, groups)) if last == ids => (last, groups),
-            _ => (ids.to_vec(), RowGroups::new(ids)),
-        };
-        let done = sparse_step_outer(rule, param, &state, &given.contiguous()?, (a, b), &groups.1);
-        self.last_groups = Some(groups);
-        Ok(done?)
+        let given = given.contiguous()?;
+        self.sparse_with(name, param, ids, |rule, state, groups| {
+            sparse_step_outer(rule, param, state, &given, (a, b), groups)
+        })
     }
 
     /// Nadam's dense step, as tensor ops (the state is `[m ‖ v]` like Adam's).
