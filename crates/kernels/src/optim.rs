@@ -91,6 +91,24 @@ impl RowGroups {
         groups
     }
 
+    /// The grouping of `ids[offset..]` when `self` groups `ids`: equal to
+    /// `RowGroups::new(&ids[offset..])`, found in one pass instead of a sort
+    /// (GRU4Rec's bias rows are the tail of its output table's rows).
+    pub fn suffix(&self, offset: usize) -> Self {
+        let mut out = RowGroups { rows: Vec::new(), starts: Vec::new(), sources: Vec::new() };
+        for (g, &row) in self.rows.iter().enumerate() {
+            let before = out.sources.len();
+            let mine = &self.sources[self.starts[g]..self.starts[g + 1]];
+            out.sources.extend(mine.iter().filter_map(|&s| (s as usize).checked_sub(offset).map(|s| s as u32)));
+            if out.sources.len() > before {
+                out.rows.push(row);
+                out.starts.push(before);
+            }
+        }
+        out.starts.push(out.sources.len());
+        out
+    }
+
     /// Number of distinct rows.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -1410,6 +1428,22 @@ mod tests {
         assert_eq!(g.rows, vec![2, 5, 9]);
         assert_eq!(g.starts, vec![0, 2, 4, 5]);
         assert_eq!(g.sources, vec![1, 4, 0, 2, 3]);
+    }
+
+    #[test]
+    fn the_grouping_of_a_tail_equals_grouping_the_tail_itself() {
+        // By hand: [5, 2, 5, 9, 2] from position 2 is [5, 9, 2].
+        let g = RowGroups::new(&[5, 2, 5, 9, 2]).suffix(2);
+        assert_eq!(
+            (g.rows.as_slice(), g.starts.as_slice(), g.sources.as_slice()),
+            (&[2, 5, 9][..], &[0, 1, 2, 3][..], &[2, 0, 1][..])
+        );
+        // Random ids with repeats, every offset (the whole list and an empty tail too).
+        let ids: Vec<u32> = values(60, 11).iter().map(|v| (v.abs() * 1000.0) as u32 % 17).collect();
+        let all = RowGroups::new(&ids);
+        for offset in 0..=ids.len() {
+            assert_eq!(all.suffix(offset), RowGroups::new(&ids[offset..]), "offset {offset}");
+        }
     }
 
     #[test]

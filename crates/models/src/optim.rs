@@ -165,7 +165,9 @@ impl Optimizer {
 
     /// A sparse step of `param`'s rows `ids` by `step`, given the rule, the
     /// state and the grouped ids (regrouped only when `ids` changed since the
-    /// last sparse step: a step's output table and bias share them).
+    /// last sparse step: a step's output table and bias share them; when
+    /// `ids` are the tail of the last ones, as the bias rows are of the
+    /// constrained output table's, the tail's grouping is taken from them).
     fn sparse_with(
         &mut self,
         name: &str,
@@ -182,6 +184,10 @@ impl Optimizer {
         let rule = self.rule();
         let groups = match self.last_groups.take() {
             Some((last, groups)) if last == ids => (last, groups),
+            // The tail of the last ids (the bias rows after the output table's).
+            Some((last, groups)) if last.len() >= ids.len() && last[last.len() - ids.len()..] == *ids => {
+                (ids.to_vec(), groups.suffix(last.len() - ids.len()))
+            }
             _ => (ids.to_vec(), RowGroups::new(ids)),
         };
         let done = step(rule, &state, &groups.1);
