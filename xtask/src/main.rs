@@ -196,6 +196,10 @@ fn bench(rest: &[String]) -> Result<()> {
         let mut a = vec!["bench", n, "--json", "target/bench"];
         if quick {
             a.push("--quick");
+            // The phase timer's path, exercised at the quick size.
+            if n == "gru4rec" {
+                a.push("--phases");
+            }
         }
         a.extend(&args);
         seqrec_profile(if quick { Profile::Dev } else { Profile::Release }, &a)?;

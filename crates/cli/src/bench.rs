@@ -157,6 +157,11 @@ pub struct Gru4recArgs {
     /// Folder to write gru4rec.json into.
     #[arg(long, default_value = "target/bench")]
     json: PathBuf,
+    /// Also time each phase of the training steps (`seqrec_kernels::probe`):
+    /// µs per step and the other cores' idle µs, printed per setting and
+    /// written as `phases` in the JSON.
+    #[arg(long)]
+    phases: bool,
 }
 
 /// Arguments of `bench ingest`.
@@ -330,7 +335,11 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
             let run = seqrec_train::run::RunDir::create(&run_dir)?;
             let opts =
                 seqrec_train::gru4rec::TrainOptions { progress: false, device: crate::device()?, ..Default::default() };
+            seqrec_kernels::probe::enable(a.phases);
+            let _ = seqrec_kernels::probe::take();
             let out = seqrec_train::gru4rec::train(&cfg, &data, &run, &opts)?;
+            seqrec_kernels::probe::enable(false);
+            let phases = a.phases.then(|| phase_rows(&seqrec_kernels::probe::take()));
             let test = out.test.as_ref().context("the synthetic set has a test part")?;
             rows.push(json!({
                 "setting": setting,
@@ -347,6 +356,7 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
                 "oracle_mrr@20": oracle["mrr@20"],
                 "threads": std::env::var("RAYON_NUM_THREADS").ok(),
                 "device": crate::device_name(&opts.device),
+                "phases": phases,
             }));
         }
     }
@@ -367,7 +377,37 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
             r["oracle_mrr@20"].as_f64().unwrap_or(f64::NAN),
         );
     }
+    for r in rows.iter().filter(|r| r["phases"].is_array()) {
+        println!(
+            "\nsetting {} on {}: µs per training step (other cores idle µs)",
+            r["setting"].as_str().unwrap_or(""),
+            r["dataset"].as_str().unwrap_or("")
+        );
+        for p in r["phases"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<24} {:>9.1} {:>9.1}",
+                p["phase"].as_str().unwrap_or(""),
+                p["us_per_step"].as_f64().unwrap_or(f64::NAN),
+                p["idle_us_per_step"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
     write_json(&a.json, "gru4rec", &Value::Array(rows))
+}
+
+/// The probe's totals as JSON rows (means per step), with a `step` total last.
+fn phase_rows(t: &seqrec_kernels::probe::Totals) -> Value {
+    let per_step = |ns: u64| ns as f64 / 1e3 / t.steps.max(1) as f64;
+    let mut rows: Vec<Value> = t
+        .phases
+        .iter()
+        .map(|p| json!({"phase": p.name, "us_per_step": per_step(p.wall_ns), "idle_us_per_step": per_step(p.idle_ns)}))
+        .collect();
+    let (wall, idle) = t.phases.iter().fold((0, 0), |(w, i), p| (w + p.wall_ns, i + p.idle_ns));
+    rows.push(
+        json!({"phase": "step", "us_per_step": per_step(wall), "idle_us_per_step": per_step(idle), "steps": t.steps}),
+    );
+    Value::Array(rows)
 }
 
 /// The settings `--quick` trains BST with: the configured model at a size

@@ -14,6 +14,7 @@
 //! - [`rank`]: full-ranking rank counts (items above / equal to the target)
 //!   without a batch × catalogue score matrix.
 //! - [`pool`]: keeping rayon's workers awake through a loop of short parallel regions.
+//! - [`probe`]: an opt-in phase timer for training steps (with the other cores' idle time).
 //! - [`simd`]: element-wise loops compiled for AVX-512 where the CPU has it.
 //! - [`device`]: `--device cpu|cuda[:N]|auto` and what it resolves to.
 //!
@@ -32,5 +33,6 @@ pub mod lstm;
 pub mod matmul;
 pub mod optim;
 pub mod pool;
+pub mod probe;
 pub mod rank;
 pub mod simd;

@@ -96,8 +96,13 @@ impl KeepAwake {
             rayon::spawn(move || {
                 if owner.is_none() || rayon::current_thread_index() != owner {
                     while !stop.load(Ordering::Acquire) {
+                        // Only with the phase timer on: the time of each look that found no job.
+                        let looked = crate::probe::enabled().then(std::time::Instant::now);
                         if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
                             std::hint::spin_loop();
+                            if let Some(t) = looked {
+                                crate::probe::add_idle(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                            }
                         }
                     }
                 }

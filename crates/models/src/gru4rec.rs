@@ -37,8 +37,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use seqrec_kernels::act::{sigmoid, tanh};
-use seqrec_kernels::gru;
 use seqrec_kernels::matmul::{column_sums, gather_rows, matmul as mm, matmul_pair};
+use seqrec_kernels::{gru, probe};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -580,6 +580,7 @@ impl Gru4Rec {
         // optimiser computes them a block at a time and steps each block while
         // it is in cache, instead of writing ≈ 9 MB of gradients per step at
         // 480 units and reading them back. The same parameters (tested).
+        probe::begin();
         let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, self.device.is_cpu())?;
         opt.begin_step();
         let params = self.named_tensors();
@@ -601,7 +602,14 @@ impl Gru4Rec {
                     )))
                 }
             }
+            probe::mark(match (g.name.as_str(), &g.rows) {
+                ("wy", _) => "update: output table",
+                ("by", _) => "update: output bias",
+                (_, Some(_)) => "update: input rows",
+                (_, None) => "update: GRU weights",
+            });
         }
+        probe::end();
         Ok(value)
     }
 
@@ -655,6 +663,7 @@ impl Gru4Rec {
         // it, and the columns' gradients are summed per item before dO, dy
         // and the bias gradient (the sums the optimiser would otherwise do).
         let (o_ids, col) = distinct(&out_ids, self.n_ids);
+        probe::mark("ids");
         let n_distinct = o_ids.len();
         // The gathered input rows are an autograd leaf: their gradient has the batch's size.
         let input_table = match self.shape.input() {
@@ -664,14 +673,18 @@ impl Gru4Rec {
         let x0 = gather_rows(input_table, batch.inputs)?;
         let o = gather_rows(&self.wy, &o_ids)?;
         let bias = gather_rows(&self.by, &o_ids)?;
+        probe::mark("gather rows");
         let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
+        probe::mark("forward: GRU layers");
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
         let kind = kernel_kind(&cfg.loss);
         let act = self.shape.final_act.kernel_act();
         let log_pop = batch.log_pop.filter(|_| cfg.logq > 0.0);
         let (value, d_scores) = if !self.device_ops {
-            let distinct_scores = mm(&y, &o.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            let distinct_scores = mm(&y, &o.t()?)?;
+            probe::mark("forward: scores");
+            let distinct_scores = distinct_scores.flatten_all()?.to_vec1::<f32>()?;
             let distinct_bias = bias.flatten_all()?.to_vec1::<f32>()?;
             let spec = seqrec_kernels::loss::LossSpec {
                 kind,
@@ -711,13 +724,16 @@ impl Gru4Rec {
             };
             (value as f32, d_scores)
         };
+        probe::mark("loss");
         let d_bias = column_sums(&d_scores)?.reshape((n_distinct, 1))?;
         let constrained = self.shape.input() == Input::Constrained;
         let mut out = Vec::new();
         if product_form {
             // dO = dSᵀ·y stays in product form for the optimiser.
             let d_y = mm(&d_scores, &o)?;
+            probe::mark("backward: dS·O");
             let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, true, &mut out)?;
+            probe::mark("backward: GRU layers");
             let (given, ids) = if constrained {
                 let mut ids = batch.inputs.to_vec();
                 ids.extend_from_slice(&o_ids);
@@ -1148,6 +1164,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// With the phase timer on, a training step charges every phase of the
+    /// CPU path (and nothing happens outside a step).
+    #[test]
+    fn a_training_step_marks_each_phase_for_the_phase_timer() {
+        use crate::optim::OptimizerKind;
+        let mut model = Gru4Rec::new(shape(vec![8], 0, true), 40, 1, &Device::Cpu).unwrap();
+        let mut opt = Optimizer::new(OptimizerKind::Adagrad, 0.05, 0.0).unwrap();
+        let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size: 3 };
+        let mut state = model.zero_state(3).unwrap();
+        let samples: Vec<u32> = (1..30).collect();
+        let batch = TrainBatch { inputs: &[1, 2, 3], targets: &[4, 5, 6], samples: &samples, log_pop: None };
+        probe::enable(true);
+        let _ = probe::take();
+        model.train_step(batch, &mut state, &cfg, &mut opt, &mut Rng::new(1)).unwrap();
+        probe::enable(false);
+        let totals = probe::take();
+        // Other tests may step models meanwhile: at least this step, every phase.
+        assert!(totals.steps >= 1, "{totals:?}");
+        let names: Vec<&str> = totals.phases.iter().map(|p| p.name).collect();
+        for want in [
+            "ids",
+            "gather rows",
+            "forward: GRU layers",
+            "forward: scores",
+            "loss",
+            "backward: dS·O",
+            "backward: GRU layers",
+            "update: GRU weights",
+            "update: output table",
+            "update: output bias",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(totals.phases.iter().all(|p| p.wall_ns > 0 || p.name == "ids"), "{totals:?}");
     }
 
     /// `train_step` on the CPU hands the weight gradients to the optimiser in
