@@ -37,7 +37,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use seqrec_kernels::act::{sigmoid, tanh};
-use seqrec_kernels::matmul::{column_sums, gather_rows, matmul as mm, matmul_pair};
+use seqrec_kernels::matmul::{column_sums, gather_rows, matmul as mm, matmul_append, matmul_pair};
 use seqrec_kernels::{gru, probe};
 use serde::{Deserialize, Serialize};
 
@@ -682,9 +682,10 @@ impl Gru4Rec {
         let act = self.shape.final_act.kernel_act();
         let log_pop = batch.log_pop.filter(|_| cfg.logq > 0.0);
         let (value, d_scores) = if !self.device_ops {
-            let distinct_scores = mm(&y, &o.t()?)?;
+            // Written straight into the loss's input (no tensor copied out).
+            let mut distinct_scores = Vec::with_capacity(rows * n_distinct);
+            matmul_append(&y, &o.t()?, &mut distinct_scores)?;
             probe::mark("forward: scores");
-            let distinct_scores = distinct_scores.flatten_all()?.to_vec1::<f32>()?;
             let distinct_bias = bias.flatten_all()?.to_vec1::<f32>()?;
             let spec = seqrec_kernels::loss::LossSpec {
                 kind,
