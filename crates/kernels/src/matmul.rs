@@ -67,10 +67,9 @@ fn cpu_matmul(a: &Tensor, b: &Tensor, (m, k, n): (usize, usize, usize), threads:
 }
 
 /// `a · b` (`[m, k] · [k, n]`, f32 on the CPU) appended to `dst` as `m` more
-/// rows of `n` values: a caller that concatenates the product after other
-/// rows writes it in place instead of copying it. (GRU4Rec's training step
-/// built its output-table gradient `[dx ‖ dO]` this way until that gradient
-/// went to the optimiser in product form, `crate::optim::sparse_step_outer`.)
+/// rows of `n` values: a caller that needs the product as a plain vector
+/// (GRU4Rec's training step hands its scores to the loss kernel this way)
+/// or after other rows gets it written in place instead of copied.
 ///
 /// # Errors
 /// Shapes that do not chain, tensors that are not f32 on the CPU.
