@@ -432,6 +432,74 @@ pub(crate) fn gemm_block(
     }
 }
 
+/// A strided operand of [`gemm_strided`]: element `(i, j)` at `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    /// The elements the strides reach.
+    pub data: &'a [f32],
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+/// `out = lhs · rhs`, or `out += lhs · rhs` with `accumulate`, on the calling
+/// thread: `out` is `m × n` with row stride `out_rs`, `lhs` `m × k`, `rhs`
+/// `k × n`, both strided. The sums are gemm's, as in [`matmul`].
+///
+/// # Panics
+/// When a buffer is shorter than the strides reach (a caller's bug).
+// Unsafe: gemm takes raw pointers and strides (the reach is checked first).
+#[allow(unsafe_code)]
+pub fn gemm_strided(
+    out: &mut [f32],
+    out_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: Strided<'_>,
+    rhs: Strided<'_>,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * out_rs + n <= out.len() && n <= out_rs.max(n), "gemm_strided: output too short");
+    if k == 0 {
+        if !accumulate {
+            for row in out.chunks_mut(out_rs).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!((m - 1) * lhs.rs + (k - 1) * lhs.cs < lhs.data.len(), "gemm_strided: left operand too short");
+    assert!((k - 1) * rhs.rs + (n - 1) * rhs.cs < rhs.data.len(), "gemm_strided: right operand too short");
+    // SAFETY: every element the strides reach lies inside the slices (checked
+    // above); `out` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

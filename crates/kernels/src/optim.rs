@@ -31,6 +31,8 @@
 use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use crate::matmul::{gemm_strided, Strided};
+
 /// The update rule and its settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Rule {
@@ -811,6 +813,99 @@ pub fn sparse_step_outer(
     })
 }
 
+/// [`dense_step_outer`] followed by `x · param` with the stepped parameter
+/// (`x` `[mx, rows]`, the result `[mx, cols]`). On the CPU each block of the
+/// parameter is stepped and multiplied while it is in cache
+/// ([`dense_outer_fused_product_cpu`]); elsewhere the two run one after
+/// the other. The parameters are those of `dense_step_outer`; the product
+/// equals `x · param` up to the order of its sums (blocks of rows).
+///
+/// # Errors
+/// As [`dense_step_outer`], and an `x` whose columns are not the parameter's rows.
+pub fn dense_step_outer_product(
+    rule: Rule,
+    param: &Tensor,
+    state: &Tensor,
+    (a, b): (&Tensor, &Tensor),
+    x: &Tensor,
+) -> Result<Tensor> {
+    let ((k, m), (k2, n), (mx, m2)) = (a.dims2()?, b.dims2()?, x.dims2()?);
+    if k != k2 || param.elem_count() != m * n || m2 != m {
+        bail!(
+            "dense outer step and product: [{k}, {m}]ᵀ · [{k2}, {n}] for a parameter of {:?}, then [{mx}, {m2}] · it",
+            param.dims()
+        );
+    }
+    let cpu = [param, state, a, b, x].iter().all(|t| t.device().is_cpu());
+    if !cpu {
+        dense_step_outer(rule, param, state, a, b)?;
+        return crate::matmul::matmul(x, &param.reshape((m, n))?);
+    }
+    let what = "dense outer step and product";
+    let mut out = vec![0f32; mx * n];
+    with_cpu_f32(a, what, |av| {
+        with_cpu_f32(b, what, |bv| {
+            with_cpu_f32(x, what, |xv| {
+                let op = ProductStep {
+                    rule,
+                    state,
+                    grad: OuterGrad { rows: &[], a: av, b: bv, k },
+                    x: xv,
+                    out: std::sync::Mutex::new(&mut out),
+                };
+                param.inplace_op1(&op)
+            })
+        })
+    })?;
+    Tensor::from_vec(out, (mx, n), param.device())
+}
+
+/// The in-place op of [`dense_step_outer_product`] on the parameter; it
+/// opens the state with [`ProductStepInner`].
+struct ProductStep<'a> {
+    rule: Rule,
+    state: &'a Tensor,
+    grad: OuterGrad<'a>,
+    x: &'a [f32],
+    out: std::sync::Mutex<&'a mut Vec<f32>>,
+}
+
+/// [`ProductStep`] holding the opened parameter: the in-place op on the state.
+struct ProductStepInner<'a, 'b> {
+    outer: &'b ProductStep<'a>,
+    param: std::sync::Mutex<&'b mut [f32]>,
+}
+
+impl candle_core::InplaceOp1 for ProductStep<'_> {
+    fn name(&self) -> &'static str {
+        "optimiser-outer-step-and-product"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout) -> Result<()> {
+        let param = f32_slice_mut(dst, dst_l, self.name())?;
+        self.state.inplace_op1(&ProductStepInner { outer: self, param: std::sync::Mutex::new(param) })
+    }
+}
+
+impl candle_core::InplaceOp1 for ProductStepInner<'_, '_> {
+    fn name(&self) -> &'static str {
+        "optimiser-outer-step-and-product"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let what = self.name();
+        let state = f32_slice_mut(s, l, what)?;
+        let mut param = self.param.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
+        if state.len() != 2 * param.len() {
+            bail!("{what}: state of {} elements for a parameter of {}", state.len(), param.len());
+        }
+        let o = self.outer;
+        let mut out = o.out.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
+        dense_outer_fused_product_cpu(&o.rule, &mut param, state, o.grad, o.x, out.as_mut_slice());
+        Ok(())
+    }
+}
+
 /// Parameter rows per block of the product-form steps. gemm computes a
 /// row-major block transposed, so the block's rows are its micro-kernel's
 /// short side (6) and small blocks cost it little; a block's gradient,
@@ -919,6 +1014,71 @@ pub fn sparse_outer_fused_cpu(
     } else {
         task((0, rows.as_mut_slice()));
     }
+}
+
+/// CPU dense step with the gradient `aᵀ·b` followed by the product
+/// `x · param` with the stepped parameter (`param` `[m, n]`, `x` `[mx, m]`,
+/// `out` `[mx, n]`). Each thread takes a run of whole [`OUTER_BLOCK`]-row
+/// blocks; per block it computes the gradient, steps the block and
+/// multiplies it into its share of the product while the block is in
+/// cache, so the parameter is read from memory once for the step and the
+/// product instead of once each. The shares are added in thread order
+/// (the product's sums depend on the thread count, as a split gemm's do).
+/// The parameters and state equal [`dense_outer_fused_cpu`]'s (the same
+/// blocks, the same gemm calls).
+pub fn dense_outer_fused_product_cpu(
+    rule: &Rule,
+    param: &mut [f32],
+    state: &mut [f32],
+    g: OuterGrad<'_>,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let (k, m) = (g.k, g.m());
+    let n = g.b.len() / k.max(1);
+    let mx = out.len() / n.max(1);
+    out.fill(0.0);
+    if n == 0 || m == 0 {
+        return;
+    }
+    let plain = plain_adagrad(rule);
+    let blocks = m.div_ceil(OUTER_BLOCK);
+    let per = blocks.div_ceil(rayon::current_num_threads().clamp(1, blocks)) * OUTER_BLOCK;
+    let (s0, s1) = state.split_at_mut(param.len());
+    let shares: Vec<Vec<f32>> = param
+        .par_chunks_mut(per * n)
+        .zip(s0.par_chunks_mut(per * n))
+        .zip(s1.par_chunks_mut(per * n))
+        .enumerate()
+        .map(|(t, ((p, a0), a1))| {
+            let mut share = vec![0f32; mx * n];
+            OUTER_SCRATCH.with_borrow_mut(|(_, grad)| {
+                grad.resize(OUTER_BLOCK * n, 0.0);
+                let rows = p
+                    .chunks_mut(OUTER_BLOCK * n)
+                    .zip(a0.chunks_mut(OUTER_BLOCK * n))
+                    .zip(a1.chunks_mut(OUTER_BLOCK * n));
+                for (b, ((p, a0), a1)) in rows.enumerate() {
+                    let (r0, rb) = (t * per + b * OUTER_BLOCK, p.len() / n);
+                    // Rows r0.. of aᵀ (a read down its columns) times b.
+                    let lhs = Strided { data: &g.a[r0..], rs: 1, cs: m };
+                    gemm_strided(grad, n, (rb, n, k), lhs, Strided { data: g.b, rs: n, cs: 1 }, false);
+                    crate::simd::dispatch(|| step_chunk(rule, plain, p, a0, a1, &grad[..p.len()]));
+                    // The block's share of x · param: columns r0.. of x.
+                    let lhs = Strided { data: &x[r0..], rs: m, cs: 1 };
+                    gemm_strided(&mut share, n, (mx, n, rb), lhs, Strided { data: p, rs: n, cs: 1 }, b > 0);
+                }
+            });
+            share
+        })
+        .collect();
+    crate::simd::dispatch(|| {
+        for share in &shares {
+            for (o, &v) in out.iter_mut().zip(share) {
+                *o += v;
+            }
+        }
+    });
 }
 
 /// The CUDA side of [`StateUpdate`] and [`ApplyStep`] (`cuda/optim.cu`).
@@ -1089,7 +1249,7 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -1296,6 +1456,49 @@ mod tests {
             assert_eq!(all(&p1), all(&p2), "{rule:?}");
             assert_eq!(all(&s1), all(&s2), "{rule:?}");
         }
+    }
+
+    #[test]
+    fn step_then_product_steps_as_the_product_form_and_multiplies_the_stepped_weights() {
+        // 100 rows: four full blocks of 24 and a partial one, run on one,
+        // two and three threads (runs of blocks per thread, shares added).
+        let (m, n, k, mx) = (100usize, 70usize, 13usize, 5usize);
+        let dev = Device::Cpu;
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for rule in three_rules() {
+                let ((p1, s1), (p2, s2)) = (table(m, n, &dev), table(m, n, &dev));
+                let (s1, s2) = (s1.reshape(2 * m * n).unwrap(), s2.reshape(2 * m * n).unwrap());
+                for step in 0..3u64 {
+                    let a = Tensor::from_vec(values(k * m, 30 + step), (k, m), &dev).unwrap();
+                    let b = Tensor::from_vec(values(k * n, 40 + step), (k, n), &dev).unwrap();
+                    let x = Tensor::from_vec(values(mx * m, 50 + step), (mx, m), &dev).unwrap();
+                    let got = pool.install(|| dense_step_outer_product(rule, &p1, &s1, (&a, &b), &x)).unwrap();
+                    dense_step_outer(rule, &p2, &s2, &a, &b).unwrap();
+                    // The parameters and state exactly; the product against f64 sums.
+                    assert_eq!(all(&p1), all(&p2), "{rule:?}, {threads} threads");
+                    assert_eq!(all(&s1), all(&s2), "{rule:?}, {threads} threads");
+                    let (xv, pv, gv) = (all(&x), all(&p2), all(&got));
+                    for i in 0..mx {
+                        for j in 0..n {
+                            let want: f64 = (0..m).map(|r| f64::from(xv[i * m + r]) * f64::from(pv[r * n + j])).sum();
+                            let scale: f64 =
+                                (0..m).map(|r| (f64::from(xv[i * m + r]) * f64::from(pv[r * n + j])).abs()).sum();
+                            let err = (f64::from(gv[i * n + j]) - want).abs();
+                            assert!(err <= 1e-6 * scale.max(1.0), "({i}, {j}): {} vs {want}", gv[i * n + j]);
+                        }
+                    }
+                }
+            }
+        }
+        // Operands that do not chain are errors naming the shapes.
+        let (p, s) = table(4, 3, &dev);
+        let s = s.reshape(24).unwrap();
+        let (a, b) =
+            (Tensor::zeros((2, 4), DType::F32, &dev).unwrap(), Tensor::zeros((2, 3), DType::F32, &dev).unwrap());
+        let x = Tensor::zeros((5, 3), DType::F32, &dev).unwrap();
+        let err = dense_step_outer_product(three_rules()[0], &p, &s, (&a, &b), &x).unwrap_err().to_string();
+        assert!(err.contains("[5, 3]"), "{err}");
     }
 
     #[test]

@@ -4,8 +4,14 @@
 //!
 //! ```text
 //! GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=2147483647 \
-//!   cargo run --release -p seqrec-models --example gru4rec_step -- [ITEMS] [a|b]
+//!   cargo run --release -p seqrec-models --example gru4rec_step -- [ITEMS] [a|b] [ab]
 //! ```
+//!
+//! With `ab` it alternates blocks with the GRU weights' updates deferred to
+//! the next step (the default, `Gru4Rec::set_deferred_updates`) and applied
+//! at once, and reports the ratio of each pair of neighbouring blocks: an
+//! A/B inside one process, which cancels the VM's slow drifts that separate
+//! runs suffer (±10% within minutes).
 //!
 //! Settings as `seqrec bench gru4rec`: (a) 100 units, batch 32, one-hot
 //! input; (b) 480 units, batch 48, constrained embedding; both cross-entropy
@@ -43,10 +49,15 @@ fn main() -> Result<(), String> {
         },
     };
     let setting = args.next().unwrap_or_else(|| "b".into());
+    let ab = match args.next().as_deref() {
+        None => false,
+        Some("ab") => true,
+        Some(other) => return Err(format!("third argument: found `{other}`, expected `ab` or nothing")),
+    };
     // As the trainer: candle's own thread pool off, rayon's thread count fixed.
     seqrec_models::gru4rec::pin_thread_count();
     let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| e.to_string())?;
-    pool.install(|| run(n_ids, &setting))
+    pool.install(|| run(n_ids, &setting, ab))
 }
 
 /// Cumulative weights of ids `1..n_ids` for popularity ∝ rank^-`exponent`.
@@ -65,7 +76,7 @@ fn draw(rng: &mut Rng, cum: &[f64]) -> u32 {
     (cum.partition_point(|&x| x < u) + 1).min(cum.len()) as u32
 }
 
-fn run(n_ids: usize, setting: &str) -> Result<(), String> {
+fn run(n_ids: usize, setting: &str, ab: bool) -> Result<(), String> {
     let (units, batch_size, constrained) = match setting {
         "a" => (100, 32, false),
         "b" => (480, 48, true),
@@ -88,8 +99,12 @@ fn run(n_ids: usize, setting: &str) -> Result<(), String> {
     let mut state = model.zero_state(batch_size).map_err(|e| e.to_string())?;
     let _awake = seqrec_kernels::pool::KeepAwake::start();
     let mut block_ms = Vec::new();
+    // Block times with the updates applied at once [0] and deferred [1].
+    let mut by_mode = [Vec::new(), Vec::new()];
     let mut distinct = 0;
-    for block in 0..BLOCKS {
+    for block in 0..if ab { 2 * BLOCKS } else { BLOCKS } {
+        let deferred = !ab || block % 2 == 1;
+        model.set_deferred_updates(deferred).map_err(|e| e.to_string())?;
         let start = Instant::now();
         for _ in 0..STEPS {
             let inputs: Vec<u32> = (0..batch_size).map(|_| draw(&mut rng, &events)).collect();
@@ -105,9 +120,22 @@ fn run(n_ids: usize, setting: &str) -> Result<(), String> {
             model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).map_err(|e| e.to_string())?;
         }
         // the first block warms up (state tables, caches)
-        if block > 0 {
+        if block > usize::from(ab) {
             block_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            by_mode[usize::from(deferred)].push(start.elapsed().as_secs_f64() * 1e3);
         }
+    }
+    if ab {
+        let mut ratios: Vec<f64> = by_mode[0].iter().zip(&by_mode[1]).map(|(now, later)| later / now).collect();
+        ratios.sort_by(f64::total_cmp);
+        let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f).round() as usize];
+        println!(
+            "deferred / at once, per pair of blocks ({} pairs): quartiles {:.3} {:.3} {:.3}",
+            ratios.len(),
+            q(0.25),
+            q(0.5),
+            q(0.75)
+        );
     }
     block_ms.sort_by(f64::total_cmp);
     let per_step = |ms: f64| ms * 1e3 / STEPS as f64;

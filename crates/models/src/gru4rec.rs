@@ -33,11 +33,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use seqrec_kernels::act::{sigmoid, tanh};
 use seqrec_kernels::matmul::{column_sums, gather_rows, matmul as mm, matmul_append, matmul_pair};
+use seqrec_kernels::optim::{dense_step_outer, dense_step_outer_product, Rule};
 use seqrec_kernels::{gru, probe};
 use serde::{Deserialize, Serialize};
 
@@ -216,6 +218,50 @@ pub struct Gru4Rec {
     /// loss on the device ([`seqrec_kernels::loss::sampled_loss_grad`]); on by
     /// default off the CPU, where it saves kernel launches and host copies.
     device_ops: bool,
+    /// Whether CPU training steps defer the GRU weights' updates ([`Deferred`]).
+    defer_updates: bool,
+    /// The GRU weight updates the last training step left to the next one.
+    deferred: Mutex<Option<Deferred>>,
+}
+
+/// The dense GRU weight updates of a CPU training step, held over to the
+/// next step's forward pass: there each weight is stepped a block of rows at
+/// a time and the block multiplied into the forward product at once
+/// (`seqrec_kernels::optim::dense_step_outer_product`), so the weights come
+/// from memory once for both instead of once each (−3.5% to −4.5% of a
+/// setting (b) step, see docs/benchmarks.md). Anything else that reads the
+/// weights first applies them ([`Gru4Rec::settle`]), so no caller sees
+/// weights a step behind. The parameters are the same as updating at once
+/// (the same blocks, rule and state); the forward products differ from an
+/// undeferred step's in the order of their sums only.
+#[derive(Debug)]
+struct Deferred {
+    /// The rule of the step that computed the gradients (its learning rate
+    /// and Adam's step number).
+    rule: Rule,
+    /// Parameter name → its optimiser state and gradient `aᵀ·b` as `(a, b)`.
+    grads: BTreeMap<String, DeferredGrad>,
+}
+
+/// One deferred update: the parameter's optimiser state and its gradient in product form.
+#[derive(Debug)]
+struct DeferredGrad {
+    state: Tensor,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl Deferred {
+    /// Applies the updates not applied yet.
+    fn apply_all(self, params: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (name, g) in self.grads {
+            let Some(param) = params.get(&name) else {
+                return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{name}`")));
+            };
+            dense_step_outer(self.rule, param, &g.state, &g.a, &g.b)?;
+        }
+        Ok(())
+    }
 }
 
 fn glorot_blocks(rng: &mut Rng, rows: usize, fan_in: usize, h: usize, blocks: usize, dev: &Device) -> Result<Tensor> {
@@ -368,7 +414,18 @@ impl Gru4Rec {
         }
         let wy = glorot_blocks(&mut rng, n_ids, n_ids, d_out, 1, dev)?;
         let by = Tensor::zeros((n_ids, 1), DType::F32, dev)?;
-        Ok(Gru4Rec { shape, n_ids, device: dev.clone(), input, layers, wy, by, device_ops: !dev.is_cpu() })
+        Ok(Gru4Rec {
+            shape,
+            n_ids,
+            device: dev.clone(),
+            input,
+            layers,
+            wy,
+            by,
+            device_ops: !dev.is_cpu(),
+            defer_updates: true,
+            deferred: Mutex::new(None),
+        })
     }
 
     /// Runs the device path (fused GRU ops, loss as a device op) whatever the
@@ -410,7 +467,7 @@ impl Gru4Rec {
     /// Runs the layers on the input representation `x0` (gathered rows),
     /// replacing `state` with the new outputs; returns the last output.
     fn layers_forward(&self, x0: &Tensor, state: &mut [Tensor], dropout: Option<&mut Rng>) -> Result<Tensor> {
-        Ok(self.forward_cached(x0, state, dropout, false)?.0)
+        Ok(self.forward_cached(x0, state, dropout, false, None)?.0)
     }
 
     /// The layers' forward pass; with `keep`, also what the backward pass needs.
@@ -420,7 +477,18 @@ impl Gru4Rec {
         state: &mut [Tensor],
         mut dropout: Option<&mut Rng>,
         keep: bool,
+        mut deferred: Option<Deferred>,
     ) -> Result<(Tensor, Option<Tensor>, Vec<LayerCache>)> {
+        let has_deferred = deferred.is_some();
+        // `lhs · w`, stepping `w` first when its update was deferred.
+        let mut product = |name: String, w: &Tensor, lhs: &Tensor| -> Result<Tensor> {
+            if let Some(d) = deferred.as_mut() {
+                if let Some(g) = d.grads.remove(&name) {
+                    return Ok(dense_step_outer_product(d.rule, w, &g.state, (&g.a, &g.b), lhs)?);
+                }
+            }
+            Ok(mm(lhs, w)?)
+        };
         let rows = x0.dim(0)?;
         let one_hot = self.shape.input() == Input::OneHot;
         let mut x = x0.clone();
@@ -438,15 +506,18 @@ impl Gru4Rec {
             let prev = state[i].clone();
             // x·Wx and h·Wrz are independent: one product per thread when small.
             let (vx, vrz) = match &layer.wx {
-                Some(wx) => matmul_pair(&x, wx, &prev, &layer.wrz)?,
-                None => (x.clone(), mm(&prev, &layer.wrz)?),
+                Some(wx) if !has_deferred => matmul_pair(&x, wx, &prev, &layer.wrz)?,
+                Some(wx) => {
+                    (product(format!("layer{i}.wx"), wx, &x)?, product(format!("layer{i}.wrz"), &layer.wrz, &prev)?)
+                }
+                None => (x.clone(), product(format!("layer{i}.wrz"), &layer.wrz, &prev)?),
             };
             let vx = vx.broadcast_add(&layer.b)?;
             let (r, z, rh, c, mut out, fused) = if self.device_ops && layer.bhn.is_none() {
                 // One kernel per element-wise stage instead of ~10 generic ops (seqrec_kernels::gru).
                 let gates = gru::forward_a(&vx, &vrz, &prev)?;
                 let rh = gates.narrow(1, 2 * h, h)?.contiguous()?;
-                let co = gru::forward_b(&vx, &mm(&rh, &layer.wh)?, &gates)?;
+                let co = gru::forward_b(&vx, &product(format!("layer{i}.wh"), &layer.wh, &rh)?, &gates)?;
                 let (r, z) = (gates.narrow(1, 0, h)?, gates.narrow(1, h, h)?);
                 let (c, out) = (co.narrow(1, 0, h)?, co.narrow(1, h, h)?.contiguous()?);
                 (r, z, rh, c, out, Some((gates, co)))
@@ -456,13 +527,13 @@ impl Gru4Rec {
                 let (rh, c) = match &layer.bhn {
                     // reset after the product: rh holds h·Uc + b'
                     Some(bhn) => {
-                        let vhn = mm(&prev, &layer.wh)?.broadcast_add(bhn)?;
+                        let vhn = product(format!("layer{i}.wh"), &layer.wh, &prev)?.broadcast_add(bhn)?;
                         let c = tanh(&((&r * &vhn)? + vx.narrow(1, 0, h)?)?)?;
                         (vhn, c)
                     }
                     None => {
                         let rh = (&r * &prev)?;
-                        let c = tanh(&(mm(&rh, &layer.wh)? + vx.narrow(1, 0, h)?)?)?;
+                        let c = tanh(&(product(format!("layer{i}.wh"), &layer.wh, &rh)? + vx.narrow(1, 0, h)?)?)?;
                         (rh, c)
                     }
                 };
@@ -483,6 +554,10 @@ impl Gru4Rec {
                 caches.push(LayerCache { x: x.clone(), prev, r, z, rh, c, mask, fused });
             }
             x = out;
+        }
+        if let Some(d) = deferred {
+            // Weights no product above read (none in the current layer forms).
+            d.apply_all(&self.params())?;
         }
         Ok((x, embed_mask, caches))
     }
@@ -581,10 +656,25 @@ impl Gru4Rec {
         // it is in cache, instead of writing ≈ 9 MB of gradients per step at
         // 480 units and reading them back. The same parameters (tested).
         probe::begin();
-        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, self.device.is_cpu())?;
+        let cpu = self.device.is_cpu();
+        let deferred = self.deferred.get_mut().map_err(|_| poisoned())?.take();
+        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, cpu, deferred)?;
         opt.begin_step();
-        let params = self.named_tensors();
-        for g in &grads {
+        let params = self.params();
+        // Nadam has no rule to defer: its updates run at once.
+        let mut next = match opt.rule_now() {
+            Some(rule) if cpu && self.defer_updates => Some(Deferred { rule, grads: BTreeMap::new() }),
+            _ => None,
+        };
+        let deferring = next.is_some();
+        for g in grads {
+            if let (Some(d), Grad::Product(a, b), None) = (next.as_mut(), &g.grad, &g.rows) {
+                if let Some(param) = params.get(&g.name).filter(|_| is_gru_weight(&g.name)) {
+                    let state = opt.dense_state(&g.name, param)?;
+                    d.grads.insert(g.name.clone(), DeferredGrad { state, a: a.clone(), b: b.clone() });
+                    continue;
+                }
+            }
             let Some(param) = params.get(&g.name) else {
                 return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
             };
@@ -606,11 +696,38 @@ impl Gru4Rec {
                 ("wy", _) => "update: output table",
                 ("by", _) => "update: output bias",
                 (_, Some(_)) => "update: input rows",
+                (_, None) if deferring => "update: GRU biases",
                 (_, None) => "update: GRU weights",
             });
         }
+        *self.deferred.get_mut().map_err(|_| poisoned())? = next.filter(|d| !d.grads.is_empty());
         probe::end();
         Ok(value)
+    }
+
+    /// Whether CPU training steps hold the GRU weights' updates over to the
+    /// next step's forward pass (on by default; see [`Deferred`]). Turning
+    /// it off applies any update held.
+    ///
+    /// # Errors
+    /// A tensor error while applying.
+    pub fn set_deferred_updates(&mut self, on: bool) -> Result<()> {
+        self.defer_updates = on;
+        self.settle()
+    }
+
+    /// Applies the GRU weight updates the last training step held over
+    /// ([`Deferred`]); every method that reads the weights calls it first.
+    /// Concurrent readers wait for the one applying them.
+    ///
+    /// # Errors
+    /// A tensor error.
+    pub fn settle(&self) -> Result<()> {
+        let mut held = self.deferred.lock().map_err(|_| poisoned())?;
+        match held.take() {
+            Some(d) => d.apply_all(&self.params()),
+            None => Ok(()),
+        }
     }
 
     /// The loss of one mini-batch and the gradient of every parameter it
@@ -626,7 +743,8 @@ impl Gru4Rec {
         cfg: &StepConfig,
         dropout_rng: &mut Rng,
     ) -> Result<(f32, Vec<ParamGrad>)> {
-        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, false)?;
+        self.settle()?;
+        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, false, None)?;
         let grads = grads
             .into_iter()
             .map(|g| Ok(ParamGrad { name: g.name, grad: g.grad.materialise()?, rows: g.rows }))
@@ -642,6 +760,7 @@ impl Gru4Rec {
         cfg: &StepConfig,
         dropout_rng: &mut Rng,
         product_form: bool,
+        deferred: Option<Deferred>,
     ) -> Result<(f32, Vec<PendingGrad>)> {
         let rows = batch.inputs.len();
         if rows == 0 || batch.targets.len() != rows {
@@ -674,8 +793,9 @@ impl Gru4Rec {
         let o = gather_rows(&self.wy, &o_ids)?;
         let bias = gather_rows(&self.by, &o_ids)?;
         probe::mark("gather rows");
-        let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true)?;
-        probe::mark("forward: GRU layers");
+        let held_over = deferred.is_some();
+        let (y, embed_mask, caches) = self.forward_cached(&x0, state, Some(dropout_rng), true, deferred)?;
+        probe::mark(if held_over { "forward: GRU layers + held-over updates" } else { "forward: GRU layers" });
         // Backward by hand: scores, act, loss and their gradients in one pass
         // (`seqrec_kernels::loss`), dO = dSᵀ·y, dy = dS·O, then the layers.
         let kind = kernel_kind(&cfg.loss);
@@ -793,6 +913,7 @@ impl Gru4Rec {
     /// Feeds `inputs` without scoring; returns the last layer's output.
     fn step_state(&self, inputs: &[u32], state: &mut [Tensor]) -> Result<Tensor> {
         self.check_ids(inputs)?;
+        self.settle()?;
         let table = match self.shape.input() {
             Input::Constrained => &self.wy,
             _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
@@ -801,8 +922,17 @@ impl Gru4Rec {
         self.layers_forward(&x0, state, None)
     }
 
-    /// Every parameter by name (for checkpoints).
-    pub fn named_tensors(&self) -> BTreeMap<String, Tensor> {
+    /// Every parameter by name (for checkpoints), with any update held over applied.
+    ///
+    /// # Errors
+    /// A tensor error while applying it.
+    pub fn named_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.settle()?;
+        Ok(self.params())
+    }
+
+    /// Every parameter by name, as they are (updates held over not applied).
+    fn params(&self) -> BTreeMap<String, Tensor> {
         let mut out = BTreeMap::new();
         if let Some(t) = &self.input {
             let name = if self.shape.input() == Input::OneHot { "layer0.wx" } else { "embedding" };
@@ -823,7 +953,7 @@ impl Gru4Rec {
     /// # Errors
     /// A missing name or a shape that differs, naming both.
     pub fn load_tensors(&mut self, saved: &BTreeMap<String, Tensor>, source: &Path) -> Result<()> {
-        for (name, mine) in self.named_tensors() {
+        for (name, mine) in self.named_tensors()? {
             let Some(t) = saved.get(&name) else {
                 return Err(ModelError::Invalid(format!(
                     "{}: checkpoint lacks tensor `{name}`, expected the parameters of this model",
@@ -849,6 +979,19 @@ impl Gru4Rec {
 /// The distinct ids of `ids` in order of first appearance, and for each
 /// position of `ids` the index of its id among them. Ids are below `n_ids`
 /// (checked by the caller).
+/// The error of a lock a panicking thread left.
+fn poisoned() -> ModelError {
+    ModelError::Invalid("GRU4Rec: a thread panicked while updating the weights".into())
+}
+
+/// A GRU layer's dense weight (`layerN.wx`, `.wrz`, `.wh`): the parameters
+/// whose update a training step defers to the next forward pass.
+fn is_gru_weight(name: &str) -> bool {
+    name.strip_prefix("layer")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(i, w)| i.bytes().all(|b| b.is_ascii_digit()) && matches!(w, "wx" | "wrz" | "wh"))
+}
+
 fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
     thread_local! {
         // slot[id]: the id's index among the distinct ones, u32::MAX when not seen;
@@ -1045,7 +1188,7 @@ mod tests {
         // non-zero biases so every term matters.
         let b: Vec<f32> = (0..3 * h).map(|j| 0.1 * j as f32 - 0.3).collect();
         model.layers[0].b.slice_set(&Tensor::from_vec(b, 3 * h, &Device::Cpu).unwrap(), 0, 0).unwrap();
-        let p = model.named_tensors();
+        let p = model.named_tensors().unwrap();
         let (wx0, wrz, wh, bias) =
             (values(&p["layer0.wx"]), values(&p["layer0.wrz"]), values(&p["layer0.wh"]), values(&p["layer0.b"]));
         let h0 = [0.5f32, -0.25, 0.75];
@@ -1069,7 +1212,7 @@ mod tests {
     #[test]
     fn glorot_bounds_are_per_gate_block() {
         let model = Gru4Rec::new(shape(vec![8], 0, false), 40, 1, &Device::Cpu).unwrap();
-        let p = model.named_tensors();
+        let p = model.named_tensors().unwrap();
         let max_abs = |t: &Tensor| values(t).iter().fold(0f64, |m, x| m.max(x.abs()));
         // input table: [40, 3·8] in blocks of [40, 8] → ±√(6 / 48)
         let bound = (6.0f64 / 48.0).sqrt();
@@ -1087,7 +1230,7 @@ mod tests {
     }
 
     fn perturb(model: &Gru4Rec, name: &str, index: usize, delta: f32) {
-        let t = model.named_tensors()[name].clone();
+        let t = model.named_tensors().unwrap()[name].clone();
         let mut v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         v[index] += delta;
         t.slice_set(&Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap(), 0, 0).unwrap();
@@ -1115,7 +1258,7 @@ mod tests {
             let model = Gru4Rec::new(sh, n_ids, 3, &Device::Cpu).unwrap();
             if reset_after {
                 // non-zero b' so its path is exercised.
-                model.named_tensors()["layer0.bhn"]
+                model.named_tensors().unwrap()["layer0.bhn"]
                     .slice_set(&Tensor::new(&[0.2f32, -0.1, 0.3], &Device::Cpu).unwrap(), 0, 0)
                     .unwrap();
             }
@@ -1129,7 +1272,7 @@ mod tests {
             let mut s = state.clone();
             let (_, grads) = model.gradients(batch, &mut s, &cfg, &mut Rng::new(1)).unwrap();
             for g in &grads {
-                let shape = model.named_tensors()[&g.name].dims().to_vec();
+                let shape = model.named_tensors().unwrap()[&g.name].dims().to_vec();
                 let width: usize = shape[1..].iter().product::<usize>().max(1);
                 // dense gradient of the whole parameter, repeats summed.
                 let mut dense = vec![0f64; shape.iter().product()];
@@ -1180,27 +1323,89 @@ mod tests {
         let batch = TrainBatch { inputs: &[1, 2, 3], targets: &[4, 5, 6], samples: &samples, log_pop: None };
         probe::enable(true);
         let _ = probe::take();
+        // Updates applied at once, then held over to the next step's forward pass.
+        model.set_deferred_updates(false).unwrap();
+        model.train_step(batch, &mut state, &cfg, &mut opt, &mut Rng::new(1)).unwrap();
+        model.set_deferred_updates(true).unwrap();
+        model.train_step(batch, &mut state, &cfg, &mut opt, &mut Rng::new(1)).unwrap();
         model.train_step(batch, &mut state, &cfg, &mut opt, &mut Rng::new(1)).unwrap();
         probe::enable(false);
         let totals = probe::take();
-        // Other tests may step models meanwhile: at least this step, every phase.
-        assert!(totals.steps >= 1, "{totals:?}");
+        // Other tests may step models meanwhile: at least these steps, every phase.
+        assert!(totals.steps >= 3, "{totals:?}");
         let names: Vec<&str> = totals.phases.iter().map(|p| p.name).collect();
         for want in [
             "ids",
             "gather rows",
             "forward: GRU layers",
+            "forward: GRU layers + held-over updates",
             "forward: scores",
             "loss",
             "backward: dS·O",
             "backward: GRU layers",
             "update: GRU weights",
+            "update: GRU biases",
             "update: output table",
             "update: output bias",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         assert!(totals.phases.iter().all(|p| p.wall_ns > 0 || p.name == "ids"), "{totals:?}");
+    }
+
+    /// Updates held over to the next step's forward pass train the model the
+    /// updates made at once do (the parameters equal up to the order of the
+    /// forward products' sums), and whatever reads the weights between steps
+    /// (scoring, the named tensors) sees them with the last step's update
+    /// made: without it the GRU weights would be a step behind, off by a
+    /// whole Adagrad step (≈ lr), far outside the tolerance.
+    #[test]
+    fn held_over_updates_train_as_updates_made_at_once() {
+        use crate::optim::OptimizerKind;
+        let close = |x: f32, y: f32, what: &str| {
+            assert!((x - y).abs() <= 2e-5 + 2e-4 * y.abs(), "{what}: {x} vs {y}");
+        };
+        for (layers, embedding, constrained, reset_after, kind, momentum) in [
+            (vec![50], 0, true, false, OptimizerKind::Adagrad, 0.0),
+            (vec![30, 20], 0, false, false, OptimizerKind::Adagrad, 0.3),
+            (vec![26], 5, false, true, OptimizerKind::Adam, 0.0),
+        ] {
+            let sh =
+                Gru4RecShape { reset_after, dropout_p_hidden: 0.2, ..shape(layers.clone(), embedding, constrained) };
+            let mut held = Gru4Rec::new(sh.clone(), 70, 3, &Device::Cpu).unwrap();
+            let mut at_once = Gru4Rec::new(sh, 70, 3, &Device::Cpu).unwrap();
+            at_once.set_deferred_updates(false).unwrap();
+            let mut opts =
+                [Optimizer::new(kind, 0.05, momentum).unwrap(), Optimizer::new(kind, 0.05, momentum).unwrap()];
+            let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size: 4 };
+            let mut states = [held.zero_state(3).unwrap(), at_once.zero_state(3).unwrap()];
+            for step in 0..6u32 {
+                let inputs = [2, 5 + step, 9];
+                let targets = [3u32, 2, 8 + step];
+                let samples: Vec<u32> = (0..40u32).map(|j| 1 + (j * 7 + step) % 69).collect();
+                let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: None };
+                let [sa, sb] = &mut states;
+                let [oa, ob] = &mut opts;
+                let la = held.train_step(batch, sa, &cfg, oa, &mut Rng::new(u64::from(step))).unwrap();
+                let lb = at_once.train_step(batch, sb, &cfg, ob, &mut Rng::new(u64::from(step))).unwrap();
+                close(la, lb, &format!("{layers:?} loss of step {step}"));
+                if step == 2 {
+                    // Scoring between steps settles the held-over update first.
+                    let (mut qa, mut qb) = (held.zero_state(2).unwrap(), at_once.zero_state(2).unwrap());
+                    let a = held.score_all(&[4, 7], &mut qa).unwrap();
+                    let b = at_once.score_all(&[4, 7], &mut qb).unwrap();
+                    for (x, y) in values(&a).iter().zip(values(&b)) {
+                        close(*x as f32, y as f32, &format!("{layers:?} scores after step {step}"));
+                    }
+                }
+            }
+            let want = at_once.named_tensors().unwrap();
+            for (name, t) in held.named_tensors().unwrap() {
+                for (x, y) in values(&t).iter().zip(values(&want[&name])) {
+                    close(*x as f32, y as f32, &format!("{layers:?} {name}"));
+                }
+            }
+        }
     }
 
     /// `train_step` on the CPU hands the weight gradients to the optimiser in
@@ -1220,6 +1425,8 @@ mod tests {
             let sh =
                 Gru4RecShape { reset_after, dropout_p_hidden: 0.2, ..shape(layers.clone(), embedding, constrained) };
             let mut stepped = Gru4Rec::new(sh.clone(), 70, 3, &Device::Cpu).unwrap();
+            // Updates at once: deferred ones multiply in another order (next test).
+            stepped.set_deferred_updates(false).unwrap();
             let by_hand = Gru4Rec::new(sh, 70, 3, &Device::Cpu).unwrap();
             let mut opts = [
                 Optimizer::new(OptimizerKind::Adagrad, 0.05, momentum).unwrap(),
@@ -1241,7 +1448,7 @@ mod tests {
                 let (lb, grads) = by_hand.gradients(batch, sb, &cfg, rb).unwrap();
                 assert_eq!(la, lb, "step {step}");
                 ob.begin_step();
-                let params = by_hand.named_tensors();
+                let params = by_hand.named_tensors().unwrap();
                 for g in &grads {
                     match &g.rows {
                         Some(ids) => ob.sparse(&g.name, &params[&g.name], &g.grad, ids).unwrap(),
@@ -1249,8 +1456,8 @@ mod tests {
                     }
                 }
             }
-            for (name, t) in stepped.named_tensors() {
-                assert_eq!(values(&t), values(&by_hand.named_tensors()[&name]), "{layers:?} {name}");
+            for (name, t) in stepped.named_tensors().unwrap() {
+                assert_eq!(values(&t), values(&by_hand.named_tensors().unwrap()[&name]), "{layers:?} {name}");
             }
         }
     }
@@ -1292,8 +1499,8 @@ mod tests {
                 let lb = fused.train_step(batch, b, &cfg, ob, rb).unwrap();
                 assert!((la - lb).abs() <= 1e-5 * (1.0 + la.abs()), "step {step}: loss {la} vs {lb}");
             }
-            for (name, t) in plain.named_tensors() {
-                let (x, y) = (values(&t), values(&fused.named_tensors()[&name]));
+            for (name, t) in plain.named_tensors().unwrap() {
+                let (x, y) = (values(&t), values(&fused.named_tensors().unwrap()[&name]));
                 for (k, (a, b)) in x.iter().zip(&y).enumerate() {
                     assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{name}[{k}]: cpu path {a} vs device path {b}");
                 }
@@ -1375,7 +1582,7 @@ mod tests {
     fn checkpoint_of_another_shape_is_an_error_naming_the_tensor() {
         let a = Gru4Rec::new(shape(vec![4], 0, false), 9, 1, &Device::Cpu).unwrap();
         let mut b = Gru4Rec::new(shape(vec![4], 0, false), 12, 1, &Device::Cpu).unwrap();
-        let err = b.load_tensors(&a.named_tensors(), Path::new("best.safetensors")).unwrap_err().to_string();
+        let err = b.load_tensors(&a.named_tensors().unwrap(), Path::new("best.safetensors")).unwrap_err().to_string();
         assert!(err.contains("best.safetensors") && err.contains("another dataset"), "{err}");
     }
 

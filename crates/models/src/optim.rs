@@ -216,6 +216,23 @@ impl Optimizer {
     ///
     /// # Errors
     /// As [`Optimizer::sparse`].
+    /// The rule a step taken now would use (its learning rate and Adam's
+    /// step number), for an update applied later with
+    /// `seqrec_kernels::optim`'s steps; `None` for Nadam, whose steps are
+    /// not one of those rules.
+    pub fn rule_now(&self) -> Option<Rule> {
+        (self.kind != OptimizerKind::Nadam).then(|| self.rule())
+    }
+
+    /// The state of the dense parameter `name` (created zeroed at first
+    /// use), for an update applied later with the rule of [`Optimizer::rule_now`].
+    ///
+    /// # Errors
+    /// A tensor error.
+    pub fn dense_state(&mut self, name: &str, param: &Tensor) -> Result<Tensor> {
+        self.state(name, param, false)
+    }
+
     pub fn sparse_outer(
         &mut self,
         name: &str,

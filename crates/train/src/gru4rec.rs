@@ -293,6 +293,10 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
             progress.add(rows);
             prev_rows = rows;
         }
+        // The last step's GRU weight updates, held over for a next step, are
+        // applied now (inside the epoch's time): the epoch ends with every
+        // update made, whether or not the run goes on (exact resumes).
+        model.settle()?;
         let seconds = progress.finish();
         let rate = events as f64 / seconds.max(1e-9);
         rates.push(rate);
@@ -329,7 +333,7 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
         if improved {
             state.best = Some((valid_value.unwrap_or(f64::NAN), epoch));
             state.bad_epochs = 0;
-            run.save_tensors("best.safetensors", &model.named_tensors())?;
+            run.save_tensors("best.safetensors", &model.named_tensors()?)?;
             run.write_json("best.json", &serde_json::json!({ "epoch": epoch, cfg.valid_metric.clone(): valid_value }))?;
         } else {
             state.bad_epochs += 1;
@@ -338,7 +342,7 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
                 tracing::info!("early stopping after epoch {epoch}: no improvement for {} epochs", cfg.patience);
             }
         }
-        let mut last = model.named_tensors();
+        let mut last = model.named_tensors()?;
         for (k, v) in opt.states().0 {
             last.insert(format!("opt.{k}"), v.clone());
         }
