@@ -383,9 +383,12 @@ fn gru4rec(a: Gru4recArgs) -> Result<()> {
             r["setting"].as_str().unwrap_or(""),
             r["dataset"].as_str().unwrap_or("")
         );
-        for p in r["phases"].as_array().into_iter().flatten() {
+        let phases = r["phases"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let name_width =
+            phases.iter().filter_map(|p| p["phase"].as_str()).map(|n| n.chars().count()).max().unwrap_or(0);
+        for p in phases {
             println!(
-                "  {:<24} {:>9.1} {:>9.1}",
+                "  {:<name_width$} {:>9.1} {:>9.1}",
                 p["phase"].as_str().unwrap_or(""),
                 p["us_per_step"].as_f64().unwrap_or(f64::NAN),
                 p["idle_us_per_step"].as_f64().unwrap_or(f64::NAN)
