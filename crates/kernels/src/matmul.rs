@@ -462,11 +462,14 @@ pub fn gemm_strided(
     if m == 0 || n == 0 {
         return;
     }
-    assert!((m - 1) * out_rs + n <= out.len() && n <= out_rs.max(n), "gemm_strided: output too short");
+    assert!(
+        (m - 1) * out_rs + n <= out.len() && (m == 1 || n <= out_rs),
+        "gemm_strided: output too short or rows overlapping"
+    );
     if k == 0 {
         if !accumulate {
-            for row in out.chunks_mut(out_rs).take(m) {
-                row[..n].fill(0.0);
+            for i in 0..m {
+                out[i * out_rs..i * out_rs + n].fill(0.0);
             }
         }
         return;

@@ -240,6 +240,10 @@ struct Deferred {
     /// and Adam's step number).
     rule: Rule,
     /// Parameter name → its optimiser state and gradient `aᵀ·b` as `(a, b)`.
+    /// The factors share storage with the step's cached activations and
+    /// hidden states, which nothing writes in place (`adjust_state` builds
+    /// new tensors); an in-place write to a state between steps would
+    /// change a held gradient.
     grads: BTreeMap<String, DeferredGrad>,
 }
 
@@ -252,9 +256,10 @@ struct DeferredGrad {
 }
 
 impl Deferred {
-    /// Applies the updates not applied yet.
-    fn apply_all(self, params: &BTreeMap<String, Tensor>) -> Result<()> {
-        for (name, g) in self.grads {
+    /// Applies the updates not applied yet (each once: they leave the map
+    /// as they are applied, so after an error the rest are still held).
+    fn apply_all(&mut self, params: &BTreeMap<String, Tensor>) -> Result<()> {
+        while let Some((name, g)) = self.grads.pop_first() {
             let Some(param) = params.get(&name) else {
                 return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{name}`")));
             };
@@ -477,7 +482,7 @@ impl Gru4Rec {
         state: &mut [Tensor],
         mut dropout: Option<&mut Rng>,
         keep: bool,
-        mut deferred: Option<Deferred>,
+        mut deferred: Option<&mut Deferred>,
     ) -> Result<(Tensor, Option<Tensor>, Vec<LayerCache>)> {
         let has_deferred = deferred.is_some();
         // `lhs · w`, stepping `w` first when its update was deferred.
@@ -657,8 +662,17 @@ impl Gru4Rec {
         // 480 units and reading them back. The same parameters (tested).
         probe::begin();
         let cpu = self.device.is_cpu();
-        let deferred = self.deferred.get_mut().map_err(|_| poisoned())?.take();
-        let (value, grads) = self.backward_pass(batch, state, cfg, dropout_rng, cpu, deferred)?;
+        let mut deferred = self.deferred.get_mut().map_err(|_| poisoned())?.take();
+        let pass = self.backward_pass(batch, state, cfg, dropout_rng, cpu, deferred.as_mut());
+        let (value, grads) = match pass {
+            Ok(done) => done,
+            Err(e) => {
+                // A rejected batch or a failed op: what the forward pass did
+                // not apply yet stays held, none of it lost.
+                *self.deferred.get_mut().map_err(|_| poisoned())? = deferred.filter(|d| !d.grads.is_empty());
+                return Err(e);
+            }
+        };
         opt.begin_step();
         let params = self.params();
         // Nadam has no rule to defer: its updates run at once.
@@ -667,40 +681,46 @@ impl Gru4Rec {
             _ => None,
         };
         let deferring = next.is_some();
-        for g in grads {
-            if let (Some(d), Grad::Product(a, b), None) = (next.as_mut(), &g.grad, &g.rows) {
-                if let Some(param) = params.get(&g.name).filter(|_| is_gru_weight(&g.name)) {
-                    let state = opt.dense_state(&g.name, param)?;
-                    d.grads.insert(g.name.clone(), DeferredGrad { state, a: a.clone(), b: b.clone() });
-                    continue;
+        // Run as a closure so that what is held so far is stored even when an update fails.
+        let update_all = || -> Result<()> {
+            for g in grads {
+                if let (Some(d), Grad::Product(a, b), None) = (next.as_mut(), &g.grad, &g.rows) {
+                    if let Some(param) = params.get(&g.name).filter(|_| is_gru_weight(&g.name)) {
+                        let state = opt.dense_state(&g.name, param)?;
+                        d.grads.insert(g.name.clone(), DeferredGrad { state, a: a.clone(), b: b.clone() });
+                        continue;
+                    }
                 }
+                let Some(param) = params.get(&g.name) else {
+                    return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
+                };
+                match (&g.grad, &g.rows) {
+                    (Grad::Full(grad), Some(ids)) => opt.sparse(&g.name, param, grad, ids)?,
+                    (Grad::Full(grad), None) => opt.dense(&g.name, param, grad)?,
+                    (Grad::Product(a, b), None) => opt.dense_outer(&g.name, param, a, b)?,
+                    (Grad::RowsThenProduct(given, a, b), Some(ids)) => {
+                        opt.sparse_outer(&g.name, param, given, (a, b), ids)?
+                    }
+                    (grad, rows) => {
+                        return Err(ModelError::Invalid(format!(
+                            "GRU4Rec: gradient of `{}` in a form that does not fit its rows ({grad:?}, {rows:?})",
+                            g.name
+                        )))
+                    }
+                }
+                probe::mark(match (g.name.as_str(), &g.rows) {
+                    ("wy", _) => "update: output table",
+                    ("by", _) => "update: output bias",
+                    (_, Some(_)) => "update: input rows",
+                    (_, None) if deferring => "update: GRU biases",
+                    (_, None) => "update: GRU weights",
+                });
             }
-            let Some(param) = params.get(&g.name) else {
-                return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
-            };
-            match (&g.grad, &g.rows) {
-                (Grad::Full(grad), Some(ids)) => opt.sparse(&g.name, param, grad, ids)?,
-                (Grad::Full(grad), None) => opt.dense(&g.name, param, grad)?,
-                (Grad::Product(a, b), None) => opt.dense_outer(&g.name, param, a, b)?,
-                (Grad::RowsThenProduct(given, a, b), Some(ids)) => {
-                    opt.sparse_outer(&g.name, param, given, (a, b), ids)?
-                }
-                (grad, rows) => {
-                    return Err(ModelError::Invalid(format!(
-                        "GRU4Rec: gradient of `{}` in a form that does not fit its rows ({grad:?}, {rows:?})",
-                        g.name
-                    )))
-                }
-            }
-            probe::mark(match (g.name.as_str(), &g.rows) {
-                ("wy", _) => "update: output table",
-                ("by", _) => "update: output bias",
-                (_, Some(_)) => "update: input rows",
-                (_, None) if deferring => "update: GRU biases",
-                (_, None) => "update: GRU weights",
-            });
-        }
+            Ok(())
+        };
+        let updated = update_all();
         *self.deferred.get_mut().map_err(|_| poisoned())? = next.filter(|d| !d.grads.is_empty());
+        updated?;
         probe::end();
         Ok(value)
     }
@@ -724,8 +744,12 @@ impl Gru4Rec {
     /// A tensor error.
     pub fn settle(&self) -> Result<()> {
         let mut held = self.deferred.lock().map_err(|_| poisoned())?;
-        match held.take() {
-            Some(d) => d.apply_all(&self.params()),
+        match held.as_mut() {
+            Some(d) => {
+                d.apply_all(&self.params())?;
+                *held = None;
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -760,7 +784,7 @@ impl Gru4Rec {
         cfg: &StepConfig,
         dropout_rng: &mut Rng,
         product_form: bool,
-        deferred: Option<Deferred>,
+        deferred: Option<&mut Deferred>,
     ) -> Result<(f32, Vec<PendingGrad>)> {
         let rows = batch.inputs.len();
         if rows == 0 || batch.targets.len() != rows {
@@ -976,9 +1000,6 @@ impl Gru4Rec {
     }
 }
 
-/// The distinct ids of `ids` in order of first appearance, and for each
-/// position of `ids` the index of its id among them. Ids are below `n_ids`
-/// (checked by the caller).
 /// The error of a lock a panicking thread left.
 fn poisoned() -> ModelError {
     ModelError::Invalid("GRU4Rec: a thread panicked while updating the weights".into())
@@ -992,6 +1013,9 @@ fn is_gru_weight(name: &str) -> bool {
         .is_some_and(|(i, w)| i.bytes().all(|b| b.is_ascii_digit()) && matches!(w, "wx" | "wrz" | "wh"))
 }
 
+/// The distinct ids of `ids` in order of first appearance, and for each
+/// position of `ids` the index of its id among them. Ids are below `n_ids`
+/// (checked by the caller).
 fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
     thread_local! {
         // slot[id]: the id's index among the distinct ones, u32::MAX when not seen;
@@ -1405,6 +1429,35 @@ mod tests {
                     close(*x as f32, y as f32, &format!("{layers:?} {name}"));
                 }
             }
+        }
+    }
+
+    /// A batch the step rejects (an id outside the vocabulary) leaves the
+    /// update held from the step before: it is applied later, not lost.
+    #[test]
+    fn a_rejected_batch_keeps_the_held_over_update() {
+        use crate::optim::OptimizerKind;
+        let sh = shape(vec![30], 0, true);
+        let mut held = Gru4Rec::new(sh.clone(), 40, 5, &Device::Cpu).unwrap();
+        let mut at_once = Gru4Rec::new(sh, 40, 5, &Device::Cpu).unwrap();
+        at_once.set_deferred_updates(false).unwrap();
+        let mut opts = [
+            Optimizer::new(OptimizerKind::Adagrad, 0.05, 0.0).unwrap(),
+            Optimizer::new(OptimizerKind::Adagrad, 0.05, 0.0).unwrap(),
+        ];
+        let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size: 2 };
+        let samples: Vec<u32> = (1..20).collect();
+        let good = TrainBatch { inputs: &[1, 2], targets: &[3, 4], samples: &samples, log_pop: None };
+        let bad = TrainBatch { inputs: &[1, 2], targets: &[3, 99], samples: &samples, log_pop: None };
+        let (mut sa, mut sb) = (held.zero_state(2).unwrap(), at_once.zero_state(2).unwrap());
+        held.train_step(good, &mut sa, &cfg, &mut opts[0], &mut Rng::new(1)).unwrap();
+        at_once.train_step(good, &mut sb, &cfg, &mut opts[1], &mut Rng::new(1)).unwrap();
+        let err = held.train_step(bad, &mut sa, &cfg, &mut opts[0], &mut Rng::new(2)).unwrap_err().to_string();
+        assert!(err.contains("99"), "{err}");
+        let want = at_once.named_tensors().unwrap();
+        for (name, t) in held.named_tensors().unwrap() {
+            // The same blocks and rule: equal to the last bit.
+            assert_eq!(values(&t), values(&want[&name]), "{name}");
         }
     }
 

@@ -210,12 +210,6 @@ impl Optimizer {
         Ok(dense_step_outer(self.rule(), param, &state, a, b)?)
     }
 
-    /// [`Optimizer::sparse`] with the gradient rows `[given ‖ aᵀ·b]` and
-    /// `ids` naming those rows in that order
-    /// ([`seqrec_kernels::optim::sparse_step_outer`]); the same parameters.
-    ///
-    /// # Errors
-    /// As [`Optimizer::sparse`].
     /// The rule a step taken now would use (its learning rate and Adam's
     /// step number), for an update applied later with
     /// `seqrec_kernels::optim`'s steps; `None` for Nadam, whose steps are
@@ -233,6 +227,12 @@ impl Optimizer {
         self.state(name, param, false)
     }
 
+    /// [`Optimizer::sparse`] with the gradient rows `[given ‖ aᵀ·b]` and
+    /// `ids` naming those rows in that order
+    /// ([`seqrec_kernels::optim::sparse_step_outer`]); the same parameters.
+    ///
+    /// # Errors
+    /// As [`Optimizer::sparse`].
     pub fn sparse_outer(
         &mut self,
         name: &str,
