@@ -228,7 +228,7 @@ pub struct Gru4Rec {
 /// next step's forward pass: there each weight is stepped a block of rows at
 /// a time and the block multiplied into the forward product at once
 /// (`seqrec_kernels::optim::dense_step_outer_product`), so the weights come
-/// from memory once for both instead of once each (−3.5% to −4.5% of a
+/// from memory once for both instead of once each (≈ −3% of a
 /// setting (b) step, see docs/benchmarks.md). Anything else that reads the
 /// weights first applies them ([`Gru4Rec::settle`]), so no caller sees
 /// weights a step behind. The parameters are the same as updating at once
