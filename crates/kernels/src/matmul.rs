@@ -387,8 +387,6 @@ pub fn scores_into(h: &Tensor, table: &Tensor, bias: &Tensor, out: &mut [f32]) -
 ///
 /// # Panics
 /// When a buffer is shorter than the strides reach (a caller's bug).
-// Unsafe: gemm takes raw pointers and strides (the reach is checked first).
-#[allow(unsafe_code)]
 pub(crate) fn gemm_block(
     out: &mut [f32],
     (mr, n, k): (usize, usize, usize),
@@ -396,40 +394,8 @@ pub(crate) fn gemm_block(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
 ) {
-    if mr == 0 || n == 0 {
-        return;
-    }
-    assert!(out.len() >= mr * n && rhs.len() >= k * n, "gemm_block: output or right operand too short");
-    if k == 0 {
-        out[..mr * n].fill(0.0);
-        return;
-    }
-    assert!((mr - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(), "gemm_block: left operand too short");
-    // SAFETY: every element the strides reach lies inside the slices (checked
-    // above); `out` is exclusively borrowed and not read (read_dst = false).
-    unsafe {
-        gemm::gemm(
-            mr,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    let lhs = Strided { data: lhs, rs: lhs_rs, cs: lhs_cs };
+    gemm_strided(out, n, (mr, n, k), lhs, Strided { data: rhs, rs: n, cs: 1 }, false);
 }
 
 /// A strided operand of [`gemm_strided`]: element `(i, j)` at `data[i·rs + j·cs]`.

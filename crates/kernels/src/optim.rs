@@ -456,8 +456,9 @@ struct Fused<'a> {
     state: &'a Tensor,
 }
 
-/// The inner op of [`Fused`] and [`FusedOuter`]: holds the parameter
-/// (already opened) and the gradient.
+/// The inner op of [`Fused`] and [`FusedOuter`] (also for
+/// [`dense_step_outer_product`]): holds the parameter (already opened) and
+/// the gradient.
 struct FusedInner<'a> {
     rule: Rule,
     groups: Option<&'a RowGroups>,
@@ -522,6 +523,11 @@ impl candle_core::InplaceOp1 for FusedInner<'_> {
                 sparse_outer_fused_cpu(&self.rule, &mut param, state, self.width, groups, g)
             }
             (None, Source::Outer(g)) => dense_outer_fused_cpu(&self.rule, &mut param, state, g),
+            (None, Source::OuterThenProduct(g, x, out)) => {
+                let mut out = out.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
+                dense_outer_fused_product_cpu(&self.rule, &mut param, state, g, x, &mut out)
+            }
+            (Some(_), Source::OuterThenProduct(..)) => bail!("{what}: a step then product of a sparse table"),
         }
         Ok(())
     }
@@ -696,6 +702,9 @@ enum Source<'a> {
     Rows(&'a [f32]),
     /// In product form.
     Outer(OuterGrad<'a>),
+    /// In product form (dense), the stepped parameter then multiplied:
+    /// `x · param` into the buffer ([`dense_outer_fused_product_cpu`]).
+    OuterThenProduct(OuterGrad<'a>, &'a [f32], &'a std::sync::Mutex<Vec<f32>>),
 }
 
 /// [`Fused`] with a gradient in product form: an in-place op on the parameter.
@@ -704,6 +713,9 @@ struct FusedOuter<'a> {
     groups: Option<&'a RowGroups>,
     state: &'a Tensor,
     grad: OuterGrad<'a>,
+    /// Dense only: `x` and the buffer for `x · param` after the step
+    /// ([`dense_step_outer_product`]).
+    then: Option<(&'a [f32], &'a std::sync::Mutex<Vec<f32>>)>,
 }
 
 impl candle_core::InplaceOp1 for FusedOuter<'_> {
@@ -730,7 +742,10 @@ impl candle_core::InplaceOp1 for FusedOuter<'_> {
         let inner = FusedInner {
             rule: self.rule,
             groups: self.groups,
-            grad: Source::Outer(self.grad),
+            grad: match self.then {
+                Some((x, out)) => Source::OuterThenProduct(self.grad, x, out),
+                None => Source::Outer(self.grad),
+            },
             width,
             param: std::sync::Mutex::new(param),
         };
@@ -768,7 +783,7 @@ pub fn dense_step_outer(rule: Rule, param: &Tensor, state: &Tensor, a: &Tensor, 
     with_cpu_f32(a, what, |av| {
         with_cpu_f32(b, what, |bv| {
             let grad = OuterGrad { rows: &[], a: av, b: bv, k };
-            param.inplace_op1(&FusedOuter { rule, groups: None, state, grad })
+            param.inplace_op1(&FusedOuter { rule, groups: None, state, grad, then: None })
         })
     })
 }
@@ -807,7 +822,7 @@ pub fn sparse_step_outer(
         with_cpu_f32(a, what, |av| {
             with_cpu_f32(b, what, |bv| {
                 let grad = OuterGrad { rows: rv, a: av, b: bv, k };
-                param.inplace_op1(&FusedOuter { rule, groups: Some(groups), state, grad })
+                param.inplace_op1(&FusedOuter { rule, groups: Some(groups), state, grad, then: None })
             })
         })
     })
@@ -842,68 +857,17 @@ pub fn dense_step_outer_product(
         return crate::matmul::matmul(x, &param.reshape((m, n))?);
     }
     let what = "dense outer step and product";
-    let mut out = vec![0f32; mx * n];
+    let out = std::sync::Mutex::new(vec![0f32; mx * n]);
     with_cpu_f32(a, what, |av| {
         with_cpu_f32(b, what, |bv| {
             with_cpu_f32(x, what, |xv| {
-                let op = ProductStep {
-                    rule,
-                    state,
-                    grad: OuterGrad { rows: &[], a: av, b: bv, k },
-                    x: xv,
-                    out: std::sync::Mutex::new(&mut out),
-                };
-                param.inplace_op1(&op)
+                let grad = OuterGrad { rows: &[], a: av, b: bv, k };
+                param.inplace_op1(&FusedOuter { rule, groups: None, state, grad, then: Some((xv, &out)) })
             })
         })
     })?;
+    let out = out.into_inner().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
     Tensor::from_vec(out, (mx, n), param.device())
-}
-
-/// The in-place op of [`dense_step_outer_product`] on the parameter; it
-/// opens the state with [`ProductStepInner`].
-struct ProductStep<'a> {
-    rule: Rule,
-    state: &'a Tensor,
-    grad: OuterGrad<'a>,
-    x: &'a [f32],
-    out: std::sync::Mutex<&'a mut Vec<f32>>,
-}
-
-/// [`ProductStep`] holding the opened parameter: the in-place op on the state.
-struct ProductStepInner<'a, 'b> {
-    outer: &'b ProductStep<'a>,
-    param: std::sync::Mutex<&'b mut [f32]>,
-}
-
-impl candle_core::InplaceOp1 for ProductStep<'_> {
-    fn name(&self) -> &'static str {
-        "optimiser-outer-step-and-product"
-    }
-
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout) -> Result<()> {
-        let param = f32_slice_mut(dst, dst_l, self.name())?;
-        self.state.inplace_op1(&ProductStepInner { outer: self, param: std::sync::Mutex::new(param) })
-    }
-}
-
-impl candle_core::InplaceOp1 for ProductStepInner<'_, '_> {
-    fn name(&self) -> &'static str {
-        "optimiser-outer-step-and-product"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
-        let what = self.name();
-        let state = f32_slice_mut(s, l, what)?;
-        let mut param = self.param.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
-        if state.len() != 2 * param.len() {
-            bail!("{what}: state of {} elements for a parameter of {}", state.len(), param.len());
-        }
-        let o = self.outer;
-        let mut out = o.out.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
-        dense_outer_fused_product_cpu(&o.rule, &mut param, state, o.grad, o.x, out.as_mut_slice());
-        Ok(())
-    }
 }
 
 /// Parameter rows per block of the product-form steps. gemm computes a

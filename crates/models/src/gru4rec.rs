@@ -684,16 +684,16 @@ impl Gru4Rec {
         // Run as a closure so that what is held so far is stored even when an update fails.
         let update_all = || -> Result<()> {
             for g in grads {
-                if let (Some(d), Grad::Product(a, b), None) = (next.as_mut(), &g.grad, &g.rows) {
-                    if let Some(param) = params.get(&g.name).filter(|_| is_gru_weight(&g.name)) {
-                        let state = opt.dense_state(&g.name, param)?;
-                        d.grads.insert(g.name.clone(), DeferredGrad { state, a: a.clone(), b: b.clone() });
-                        continue;
-                    }
-                }
                 let Some(param) = params.get(&g.name) else {
                     return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
                 };
+                if let (Some(d), Grad::Product(a, b), None) = (next.as_mut(), &g.grad, &g.rows) {
+                    // Every dense product-form gradient is a GRU weight's; one the
+                    // next forward pass does not multiply is applied at its end.
+                    let state = opt.dense_state(&g.name, param)?;
+                    d.grads.insert(g.name.clone(), DeferredGrad { state, a: a.clone(), b: b.clone() });
+                    continue;
+                }
                 match (&g.grad, &g.rows) {
                     (Grad::Full(grad), Some(ids)) => opt.sparse(&g.name, param, grad, ids)?,
                     (Grad::Full(grad), None) => opt.dense(&g.name, param, grad)?,
@@ -744,14 +744,12 @@ impl Gru4Rec {
     /// A tensor error.
     pub fn settle(&self) -> Result<()> {
         let mut held = self.deferred.lock().map_err(|_| poisoned())?;
-        match held.as_mut() {
-            Some(d) => {
-                d.apply_all(&self.params())?;
-                *held = None;
-                Ok(())
-            }
-            None => Ok(()),
+        if let Some(d) = held.as_mut() {
+            // Emptied as it goes: after an error the rest stays held.
+            d.apply_all(&self.params())?;
+            *held = None;
         }
+        Ok(())
     }
 
     /// The loss of one mini-batch and the gradient of every parameter it
@@ -1003,14 +1001,6 @@ impl Gru4Rec {
 /// The error of a lock a panicking thread left.
 fn poisoned() -> ModelError {
     ModelError::Invalid("GRU4Rec: a thread panicked while updating the weights".into())
-}
-
-/// A GRU layer's dense weight (`layerN.wx`, `.wrz`, `.wh`): the parameters
-/// whose update a training step defers to the next forward pass.
-fn is_gru_weight(name: &str) -> bool {
-    name.strip_prefix("layer")
-        .and_then(|r| r.split_once('.'))
-        .is_some_and(|(i, w)| i.bytes().all(|b| b.is_ascii_digit()) && matches!(w, "wx" | "wrz" | "wh"))
 }
 
 /// The distinct ids of `ids` in order of first appearance, and for each
