@@ -225,6 +225,10 @@ pub fn gather_rows(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let mut dst: Vec<f32> = Vec::with_capacity(ids.len() * width);
     if width > 0 {
         let copy = |(k, out): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+            // The chunk's first rows, then each row a few ids ahead.
+            for &first in ids.iter().skip(k * GATHER_CHUNK).take(crate::optim::PREFETCH_AHEAD) {
+                crate::optim::prefetch(&src[first as usize * width..(first as usize + 1) * width]);
+            }
             for (j, row) in out.chunks_exact_mut(width).enumerate() {
                 // Random rows of a table larger than the cache: ask for the
                 // rows a few ids ahead (as the sparse optimiser step does).
