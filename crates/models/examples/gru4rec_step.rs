@@ -11,7 +11,10 @@
 //! the next step (the default, `Gru4Rec::set_deferred_updates`) and applied
 //! at once, and reports the ratio of each pair of neighbouring blocks: an
 //! A/B inside one process, which cancels the VM's slow drifts that separate
-//! runs suffer (±10% within minutes).
+//! runs suffer (±10% within minutes). It then also prints each phase's mean
+//! time per step in either mode (the phase timer, `seqrec_kernels::probe`),
+//! measured in the same alternating blocks; for another A/B, a temporary
+//! switch toggled where the example toggles the held-over updates.
 //!
 //! Settings as `seqrec bench gru4rec`: (a) 100 units, batch 32, one-hot
 //! input; (b) 480 units, batch 48, constrained embedding; both cross-entropy
@@ -102,9 +105,13 @@ fn run(n_ids: usize, setting: &str, ab: bool) -> Result<(), String> {
     // Block times with the updates applied at once [0] and deferred [1].
     let mut by_mode = [Vec::new(), Vec::new()];
     let mut distinct = 0;
+    // Per phase and mode: the sum over timed blocks of its mean µs per step.
+    let mut phase_sums: std::collections::BTreeMap<(&'static str, bool), f64> = Default::default();
     for block in 0..if ab { 2 * BLOCKS } else { BLOCKS } {
         let deferred = !ab || block % 2 == 1;
         model.set_deferred_updates(deferred).map_err(|e| e.to_string())?;
+        seqrec_kernels::probe::enable(true);
+        let _ = seqrec_kernels::probe::take();
         let start = Instant::now();
         for _ in 0..STEPS {
             let inputs: Vec<u32> = (0..batch_size).map(|_| draw(&mut rng, &events)).collect();
@@ -119,10 +126,30 @@ fn run(n_ids: usize, setting: &str, ab: bool) -> Result<(), String> {
             let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &extra, log_pop: None };
             model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).map_err(|e| e.to_string())?;
         }
+        let phases = seqrec_kernels::probe::take();
         // the first block warms up (state tables, caches)
         if block > usize::from(ab) {
+            for p in &phases.phases {
+                *phase_sums.entry((p.name, deferred)).or_default() +=
+                    p.wall_ns as f64 / 1e3 / phases.steps.max(1) as f64;
+            }
             block_ms.push(start.elapsed().as_secs_f64() * 1e3);
             by_mode[usize::from(deferred)].push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    seqrec_kernels::probe::enable(false);
+    // Mean µs per step of each phase (per mode with `ab`): where an A/B's
+    // difference comes from, measured in the same alternating blocks.
+    let width = phase_sums.keys().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
+    let names: std::collections::BTreeSet<&str> = phase_sums.keys().map(|(name, _)| *name).collect();
+    for name in names {
+        let mean =
+            |mode: bool| phase_sums.get(&(name, mode)).map(|s| s / by_mode[usize::from(mode)].len().max(1) as f64);
+        match (ab, mean(false), mean(true)) {
+            (true, Some(now), Some(later)) => println!("{name:width$}  at once {now:8.1} µs  held over {later:8.1} µs"),
+            (_, _, Some(all)) => println!("{name:width$}  {all:8.1} µs"),
+            (_, Some(now), None) => println!("{name:width$}  at once {now:8.1} µs"),
+            (_, None, None) => {}
         }
     }
     if ab {
