@@ -964,8 +964,7 @@ pub fn sparse_outer_fused_cpu(
                 let mut sum = vec![0f32; width];
                 // Product rows are read in the order they were computed.
                 let mut next = 0;
-                for i in 0..rows.len() {
-                    prefetch_ahead(rows, i, width, plain.is_some());
+                for (i, (srow, prow)) in rows.iter_mut().enumerate() {
                     let row_of = |s: u32| -> &[f32] {
                         let s = s as usize;
                         if s < n_given {
@@ -976,7 +975,6 @@ pub fn sparse_outer_fused_cpu(
                         }
                     };
                     let summed = sum_sources(sources(i), row_of, &mut sum);
-                    let (srow, prow) = &mut rows[i];
                     let (a0, a1) = srow.split_at_mut(width);
                     step_chunk(rule, plain, prow, a0, a1, summed);
                 }
@@ -1399,6 +1397,18 @@ mod tests {
         (p, Tensor::from_vec(s, (rows, 2 * width), dev).unwrap())
     }
 
+    /// Two equal dense parameters `[m, n]` with their (flat) states.
+    fn dense_pair(m: usize, n: usize, dev: &Device) -> ((Tensor, Tensor), (Tensor, Tensor)) {
+        let flat = |(p, s): (Tensor, Tensor)| (p, s.reshape(2 * m * n).unwrap());
+        (flat(table(m, n, dev)), flat(table(m, n, dev)))
+    }
+
+    /// The factors `(a, b)`, `[k, m]` and `[k, n]`, of a product-form gradient at `step`.
+    fn factors(k: usize, m: usize, n: usize, step: u64, dev: &Device) -> (Tensor, Tensor) {
+        let a = Tensor::from_vec(values(k * m, 30 + step), (k, m), dev).unwrap();
+        (a, Tensor::from_vec(values(k * n, 40 + step), (k, n), dev).unwrap())
+    }
+
     fn all(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
@@ -1418,11 +1428,9 @@ mod tests {
         let (m, n, k) = (100usize, 70usize, 13usize);
         let dev = Device::Cpu;
         for rule in three_rules() {
-            let ((p1, s1), (p2, s2)) = (table(m, n, &dev), table(m, n, &dev));
-            let (s1, s2) = (s1.reshape(2 * m * n).unwrap(), s2.reshape(2 * m * n).unwrap());
+            let ((p1, s1), (p2, s2)) = dense_pair(m, n, &dev);
             for step in 0..3u64 {
-                let a = Tensor::from_vec(values(k * m, 30 + step), (k, m), &dev).unwrap();
-                let b = Tensor::from_vec(values(k * n, 40 + step), (k, n), &dev).unwrap();
+                let (a, b) = factors(k, m, n, step, &dev);
                 dense_step_outer(rule, &p1, &s1, &a, &b).unwrap();
                 let grad = crate::matmul::matmul(&a.t().unwrap(), &b).unwrap();
                 dense_step(rule, &p2, &s2, &grad).unwrap();
@@ -1441,11 +1449,9 @@ mod tests {
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             for rule in three_rules() {
-                let ((p1, s1), (p2, s2)) = (table(m, n, &dev), table(m, n, &dev));
-                let (s1, s2) = (s1.reshape(2 * m * n).unwrap(), s2.reshape(2 * m * n).unwrap());
+                let ((p1, s1), (p2, s2)) = dense_pair(m, n, &dev);
                 for step in 0..3u64 {
-                    let a = Tensor::from_vec(values(k * m, 30 + step), (k, m), &dev).unwrap();
-                    let b = Tensor::from_vec(values(k * n, 40 + step), (k, n), &dev).unwrap();
+                    let (a, b) = factors(k, m, n, step, &dev);
                     let x = Tensor::from_vec(values(mx * m, 50 + step), (mx, m), &dev).unwrap();
                     let got = pool.install(|| dense_step_outer_product(rule, &p1, &s1, (&a, &b), &x)).unwrap();
                     dense_step_outer(rule, &p2, &s2, &a, &b).unwrap();
