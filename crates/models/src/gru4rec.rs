@@ -214,9 +214,10 @@ pub struct Gru4Rec {
     wy: Tensor,
     /// `[ids, 1]` output item biases.
     by: Tensor,
-    /// The device path: the fused GRU ops (`seqrec_kernels::gru`) and the
-    /// loss on the device ([`seqrec_kernels::loss::sampled_loss_grad`]); on by
-    /// default off the CPU, where it saves kernel launches and host copies.
+    /// The device path: the loss on the device
+    /// ([`seqrec_kernels::loss::sampled_loss_grad`]) and rank counts in
+    /// evaluation; on by default off the CPU, where it saves host copies.
+    /// (The fused GRU stages of `seqrec_kernels::gru` run on every device.)
     device_ops: bool,
     /// Whether CPU training steps defer the GRU weights' updates ([`Deferred`]).
     defer_updates: bool,
@@ -301,7 +302,7 @@ struct LayerCache {
     rh: Tensor,
     c: Tensor,
     mask: Option<Tensor>,
-    /// The fused GRU ops' `[r | z | rh | h]` and `[c | out]` (CUDA, original form).
+    /// The fused GRU ops' `[r | z | rh | h]` and `[c | out]` (original form).
     fused: Option<(Tensor, Tensor)>,
 }
 
@@ -433,8 +434,9 @@ impl Gru4Rec {
         })
     }
 
-    /// Runs the device path (fused GRU ops, loss as a device op) whatever the
-    /// device: the path CUDA takes, testable on the CPU against the CPU path.
+    /// Runs the device path (the loss as a device op, rank counts in
+    /// evaluation) whatever the device: the path CUDA takes, testable on the
+    /// CPU against the CPU path.
     pub fn set_device_ops(&mut self, on: bool) {
         self.device_ops = on;
     }
@@ -518,32 +520,30 @@ impl Gru4Rec {
                 None => (x.clone(), product(format!("layer{i}.wrz"), &layer.wrz, &prev)?),
             };
             let vx = vx.broadcast_add(&layer.b)?;
-            let (r, z, rh, c, mut out, fused) = if self.device_ops && layer.bhn.is_none() {
-                // One kernel per element-wise stage instead of ~10 generic ops (seqrec_kernels::gru).
-                let gates = gru::forward_a(&vx, &vrz, &prev)?;
-                let rh = gates.narrow(1, 2 * h, h)?.contiguous()?;
-                let co = gru::forward_b(&vx, &product(format!("layer{i}.wh"), &layer.wh, &rh)?, &gates)?;
-                let (r, z) = (gates.narrow(1, 0, h)?, gates.narrow(1, h, h)?);
-                let (c, out) = (co.narrow(1, 0, h)?, co.narrow(1, h, h)?.contiguous()?);
-                (r, z, rh, c, out, Some((gates, co)))
-            } else {
-                let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
-                let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
-                let (rh, c) = match &layer.bhn {
-                    // reset after the product: rh holds h·Uc + b'
-                    Some(bhn) => {
-                        let vhn = product(format!("layer{i}.wh"), &layer.wh, &prev)?.broadcast_add(bhn)?;
-                        let c = tanh(&((&r * &vhn)? + vx.narrow(1, 0, h)?)?)?;
-                        (vhn, c)
-                    }
-                    None => {
-                        let rh = (&r * &prev)?;
-                        let c = tanh(&(product(format!("layer{i}.wh"), &layer.wh, &rh)? + vx.narrow(1, 0, h)?)?)?;
-                        (rh, c)
-                    }
-                };
-                let out = (&prev + (&z * (&c - &prev)?)?)?;
-                (r, z, rh, c, out, None)
+            let (r, z, rh, c, mut out, fused) = match &layer.bhn {
+                // The original form: one kernel per element-wise stage
+                // instead of ~10 generic ops (seqrec_kernels::gru), on every
+                // device. On the CPU the ops' values are the generic ones'
+                // (the same operations in the same order; tested in
+                // seqrec_kernels::gru) and they save ≈ 100 µs of small ops
+                // and allocations per step at 480 units.
+                None => {
+                    let gates = gru::forward_a(&vx, &vrz, &prev)?;
+                    let rh = gates.narrow(1, 2 * h, h)?.contiguous()?;
+                    let co = gru::forward_b(&vx, &product(format!("layer{i}.wh"), &layer.wh, &rh)?, &gates)?;
+                    let (r, z) = (gates.narrow(1, 0, h)?, gates.narrow(1, h, h)?);
+                    let (c, out) = (co.narrow(1, 0, h)?, co.narrow(1, h, h)?.contiguous()?);
+                    (r, z, rh, c, out, Some((gates, co)))
+                }
+                // Reset after the product: rh holds h·Uc + b'.
+                Some(bhn) => {
+                    let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
+                    let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
+                    let vhn = product(format!("layer{i}.wh"), &layer.wh, &prev)?.broadcast_add(bhn)?;
+                    let c = tanh(&((&r * &vhn)? + vx.narrow(1, 0, h)?)?)?;
+                    let out = (&prev + (&z * (&c - &prev)?)?)?;
+                    (r, z, vhn, c, out, None)
+                }
             };
             let p = if i == 0 && one_hot { self.shape.dropout_p_embed } else { self.shape.dropout_p_hidden };
             let mut mask = None;
@@ -584,33 +584,35 @@ impl Gru4Rec {
             if let Some(m) = &cache.mask {
                 d = (d * m)?;
             }
-            let (dac, dar, daz) = if let Some((gates, co)) = &cache.fused {
-                let bb = gru::backward_b(&d, gates, co)?;
-                let (dac, daz) = (bb.narrow(1, 0, h)?.contiguous()?, bb.narrow(1, h, h)?.contiguous()?);
-                let (d_wh, d_rh) = wh_and_rh_grads(&cache.rh, &dac, &layer.wh, product_form)?;
-                out.push(PendingGrad::dense(format!("layer{i}.wh"), d_wh));
-                (dac, gru::backward_a(&d_rh, gates)?, daz)
-            } else {
-                let dz = (&d * (&cache.c - &cache.prev)?)?;
-                let dc = (&d * &cache.z)?;
-                let dac = (&dc * (1.0 - cache.c.sqr()?)?)?;
-                let dr = if layer.bhn.is_some() {
-                    // cache.rh is h·Uc + b'
+            let (dac, dar, daz) = match (&cache.fused, &layer.bhn) {
+                (Some((gates, co)), _) => {
+                    let bb = gru::backward_b(&d, gates, co)?;
+                    let (dac, daz) = (bb.narrow(1, 0, h)?.contiguous()?, bb.narrow(1, h, h)?.contiguous()?);
+                    let (d_wh, d_rh) = wh_and_rh_grads(&cache.rh, &dac, &layer.wh, product_form)?;
+                    out.push(PendingGrad::dense(format!("layer{i}.wh"), d_wh));
+                    (dac, gru::backward_a(&d_rh, gates)?, daz)
+                }
+                // Reset after the product: cache.rh is h·Uc + b'.
+                (None, Some(_)) => {
+                    let dz = (&d * (&cache.c - &cache.prev)?)?;
+                    let dc = (&d * &cache.z)?;
+                    let dac = (&dc * (1.0 - cache.c.sqr()?)?)?;
                     let dvhn = (&dac * &cache.r)?;
                     out.push(PendingGrad::dense(
                         format!("layer{i}.wh"),
                         weight_grad(&cache.prev, &dvhn, product_form)?,
                     ));
                     out.push(PendingGrad::dense(format!("layer{i}.bhn"), Grad::Full(column_sums(&dvhn)?)));
-                    (&dac * &cache.rh)?
-                } else {
-                    let (d_wh, d_rh) = wh_and_rh_grads(&cache.rh, &dac, &layer.wh, product_form)?;
-                    out.push(PendingGrad::dense(format!("layer{i}.wh"), d_wh));
-                    (d_rh * &cache.prev)?
-                };
-                let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
-                let daz = (dz * (&cache.z * (1.0 - &cache.z)?)?)?;
-                (dac, dar, daz)
+                    let dr = (&dac * &cache.rh)?;
+                    let dar = (dr * (&cache.r * (1.0 - &cache.r)?)?)?;
+                    let daz = (dz * (&cache.z * (1.0 - &cache.z)?)?)?;
+                    (dac, dar, daz)
+                }
+                (None, None) => {
+                    return Err(ModelError::Invalid(format!(
+                        "GRU4Rec: layer {i} in the original form lacks its fused stages' cache"
+                    )))
+                }
             };
             let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
             let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
@@ -1505,7 +1507,7 @@ mod tests {
         }
     }
 
-    /// The path CUDA takes (fused GRU ops, the loss as a device op) run on the
+    /// The path CUDA takes (the loss as a device op) run on the
     /// CPU gives the CPU path's losses, parameters and states after several
     /// training steps, in every input mode, with dropout, several losses and
     /// final activations (the optimiser's two-pass form is tested in
