@@ -686,7 +686,8 @@ impl Gru4Rec {
         let deferring = next.is_some();
         // Run as a closure so that what is held so far is stored even when an update fails.
         let update_all = || -> Result<()> {
-            for g in grads {
+            let mut grads = grads.into_iter().peekable();
+            while let Some(g) = grads.next() {
                 let Some(param) = params.get(&g.name) else {
                     return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
                 };
@@ -702,7 +703,25 @@ impl Gru4Rec {
                     (Grad::Full(grad), None) => opt.dense(&g.name, param, grad)?,
                     (Grad::Product(a, b), None) => opt.dense_outer(&g.name, param, a, b)?,
                     (Grad::RowsThenProduct(given, a, b), Some(ids)) => {
-                        opt.sparse_outer(&g.name, param, given, (a, b), ids)?
+                        // A bias whose rows are the product part's (the output
+                        // bias) is stepped in the same pass over the rows.
+                        let m = a.dim(1)?;
+                        let bias = grads.next_if(|next| match (&next.grad, &next.rows) {
+                            (Grad::Full(_), Some(tail)) => tail.len() == m && ids.ends_with(tail),
+                            _ => false,
+                        });
+                        match bias.as_ref().map(|bg| (bg, &bg.grad, params.get(&bg.name))) {
+                            Some((bg, Grad::Full(bias_grad), Some(bias))) => {
+                                let bias = (bg.name.as_str(), bias, bias_grad);
+                                opt.sparse_outer_with_bias((&g.name, param), given, (a, b), ids, bias)?;
+                                probe::mark("update: output table and bias");
+                                continue;
+                            }
+                            Some((bg, ..)) => {
+                                return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", bg.name)))
+                            }
+                            None => opt.sparse_outer(&g.name, param, given, (a, b), ids)?,
+                        }
                     }
                     (grad, rows) => {
                         return Err(ModelError::Invalid(format!(
@@ -1362,8 +1381,7 @@ mod tests {
             "backward: GRU layers",
             "update: GRU weights",
             "update: GRU biases",
-            "update: output table",
-            "update: output bias",
+            "update: output table and bias",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
-use seqrec_kernels::optim::{dense_step, dense_step_outer, sparse_step, sparse_step_outer, RowGroups, Rule};
+use seqrec_kernels::optim::{
+    dense_step, dense_step_outer, sparse_step, sparse_step_outer, sparse_step_outer_with_bias, RowGroups, Rule,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -257,6 +259,31 @@ impl Optimizer {
         let given = given.contiguous()?;
         self.sparse_with(name, param, ids, |rule, state, groups| {
             sparse_step_outer(rule, param, state, &given, (a, b), groups)
+        })
+    }
+
+    /// [`Optimizer::sparse_outer`] and the sparse step of the bias table
+    /// `bias` (`[rows, 1]`, state named `bias_name`) in the same pass over the
+    /// rows ([`seqrec_kernels::optim::sparse_step_outer_with_bias`]): the
+    /// bias gradient `bias_grad` has one value per product row, so its ids
+    /// are the tail of `ids`. The parameters of `sparse_outer` followed by
+    /// `sparse(bias_name, bias, bias_grad, tail of ids)`.
+    ///
+    /// # Errors
+    /// As [`Optimizer::sparse`].
+    pub fn sparse_outer_with_bias(
+        &mut self,
+        (name, param): (&str, &Tensor),
+        given: &Tensor,
+        (a, b): (&Tensor, &Tensor),
+        ids: &[u32],
+        (bias_name, bias, bias_grad): (&str, &Tensor, &Tensor),
+    ) -> Result<()> {
+        let given = given.contiguous()?;
+        let bias_grad = bias_grad.contiguous()?;
+        let bias_state = self.state(bias_name, bias, true)?;
+        self.sparse_with(name, param, ids, |rule, state, groups| {
+            sparse_step_outer_with_bias(rule, (param, state), &given, (a, b), groups, (bias, &bias_state, &bias_grad))
         })
     }
 
