@@ -1677,6 +1677,19 @@ mod tests {
         assert!(err.contains("[5, 3]"), "{err}");
     }
 
+    /// Step `step` of a sparse product-form case: the ids (`given`, then
+    /// `m` product ids below 292 with repeats within the product part and
+    /// across the two), their grouping and the given rows `[given, width]`.
+    fn sparse_case(given: &[u32], m: usize, width: usize, step: u64) -> (Vec<u32>, RowGroups, Tensor) {
+        let mut ids = given.to_vec();
+        ids.extend((0..m as u32).map(|j| (j * 7 + step as u32 * 3) % 290 + (j % 3)));
+        ids[given.len() + 5] = 4;
+        ids[given.len() + 9] = ids[given.len() + 2];
+        let rows = Tensor::from_vec(values(given.len() * width, 50 + step), (given.len(), width), &Device::Cpu);
+        let groups = RowGroups::new(&ids);
+        (ids, groups, rows.unwrap())
+    }
+
     #[test]
     fn product_form_sparse_step_equals_the_materialised_gradient() {
         // More touched rows than one task (24), ids repeated within the
@@ -1686,14 +1699,7 @@ mod tests {
         for rule in three_rules() {
             let ((p1, s1), (p2, s2)) = (table(n_rows, width, &dev), table(n_rows, width, &dev));
             for step in 0..3u64 {
-                let given: Vec<u32> = vec![17, 4, 17, (step * 31) as u32 % 300];
-                let mut ids = given.clone();
-                ids.extend((0..m as u32).map(|j| (j * 7 + step as u32 * 3) % 290 + (j % 3)));
-                ids[given.len() + 5] = 4;
-                ids[given.len() + 9] = ids[given.len() + 2];
-                let groups = RowGroups::new(&ids);
-                let rows =
-                    Tensor::from_vec(values(given.len() * width, 50 + step), (given.len(), width), &dev).unwrap();
+                let (_, groups, rows) = sparse_case(&[17, 4, 17, (step * 31) as u32 % 300], m, width, step);
                 let a = Tensor::from_vec(values(k * m, 60 + step), (k, m), &dev).unwrap();
                 let b = Tensor::from_vec(values(k * width, 70 + step), (k, width), &dev).unwrap();
                 sparse_step_outer(rule, &p1, &s1, &rows, (&a, &b), &groups).unwrap();
@@ -1748,14 +1754,8 @@ mod tests {
             let ((b1, bs1), (b2, bs2)) = (table(n_rows, 1, &dev), table(n_rows, 1, &dev));
             for step in 0..3u64 {
                 // Row 299 only given (the product ids stay below 292).
-                let given: Vec<u32> = vec![17, 4, 299, (step * 31) as u32 % 290];
-                let mut ids = given.clone();
-                ids.extend((0..m as u32).map(|j| (j * 7 + step as u32 * 3) % 290 + (j % 3)));
-                ids[given.len() + 5] = 4;
-                ids[given.len() + 9] = ids[given.len() + 2];
-                let groups = RowGroups::new(&ids);
-                let rows =
-                    Tensor::from_vec(values(given.len() * width, 50 + step), (given.len(), width), &dev).unwrap();
+                let given = [17, 4, 299, (step * 31) as u32 % 290];
+                let (ids, groups, rows) = sparse_case(&given, m, width, step);
                 let (a, b) = factors(k, m, width, step, &dev);
                 let bias_grad = Tensor::from_vec(values(m, 80 + step), (m, 1), &dev).unwrap();
                 let bias = (&b1, &bs1, &bias_grad);
