@@ -548,9 +548,9 @@ impl candle_core::InplaceOp1 for FusedInner<'_> {
                 sparse_outer_fused_cpu(&self.rule, &mut param, state, self.width, groups, g, None)
             }
             (None, Source::Outer(g)) => dense_outer_fused_cpu(&self.rule, &mut param, state, g),
-            (None, Source::OuterThenProduct(g, x, out)) => {
+            (None, Source::OuterThenProduct(g, x, mx, out)) => {
                 let mut out = out.lock().map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
-                dense_outer_fused_product_cpu(&self.rule, &mut param, state, g, x, &mut out)
+                *out = dense_outer_fused_product_cpu(&self.rule, &mut param, state, g, x, mx);
             }
             (Some(_), Source::OuterThenProduct(..)) => bail!("{what}: a step then product of a sparse table"),
         }
@@ -732,9 +732,13 @@ enum Source<'a> {
     /// In product form.
     Outer(OuterGrad<'a>),
     /// In product form (dense), the stepped parameter then multiplied:
-    /// `x · param` into the buffer ([`dense_outer_fused_product_cpu`]).
-    OuterThenProduct(OuterGrad<'a>, &'a [f32], &'a std::sync::Mutex<Vec<f32>>),
+    /// `x · param` (`x` of the given rows) into the buffer
+    /// ([`dense_outer_fused_product_cpu`]).
+    OuterThenProduct(OuterGrad<'a>, &'a [f32], usize, &'a std::sync::Mutex<Vec<f32>>),
 }
+
+/// `x`, its rows and the buffer for `x · param` ([`dense_step_outer_product`]).
+type ThenProduct<'a> = (&'a [f32], usize, &'a std::sync::Mutex<Vec<f32>>);
 
 /// [`Fused`] with a gradient in product form: an in-place op on the parameter.
 struct FusedOuter<'a> {
@@ -742,9 +746,9 @@ struct FusedOuter<'a> {
     groups: Option<&'a RowGroups>,
     state: &'a Tensor,
     grad: OuterGrad<'a>,
-    /// Dense only: `x` and the buffer for `x · param` after the step
-    /// ([`dense_step_outer_product`]).
-    then: Option<(&'a [f32], &'a std::sync::Mutex<Vec<f32>>)>,
+    /// Dense only: `x`, its rows and the buffer for `x · param` after the
+    /// step ([`dense_step_outer_product`]).
+    then: Option<ThenProduct<'a>>,
 }
 
 impl candle_core::InplaceOp1 for FusedOuter<'_> {
@@ -772,7 +776,7 @@ impl candle_core::InplaceOp1 for FusedOuter<'_> {
             rule: self.rule,
             groups: self.groups,
             grad: match self.then {
-                Some((x, out)) => Source::OuterThenProduct(self.grad, x, out),
+                Some((x, mx, out)) => Source::OuterThenProduct(self.grad, x, mx, out),
                 None => Source::Outer(self.grad),
             },
             width,
@@ -987,12 +991,12 @@ pub fn dense_step_outer_product(
         return crate::matmul::matmul(x, &param.reshape((m, n))?);
     }
     let what = "dense outer step and product";
-    let out = std::sync::Mutex::new(vec![0f32; mx * n]);
+    let out = std::sync::Mutex::new(Vec::new());
     with_cpu_f32(a, what, |av| {
         with_cpu_f32(b, what, |bv| {
             with_cpu_f32(x, what, |xv| {
                 let grad = OuterGrad { rows: &[], a: av, b: bv, k };
-                param.inplace_op1(&FusedOuter { rule, groups: None, state, grad, then: Some((xv, &out)) })
+                param.inplace_op1(&FusedOuter { rule, groups: None, state, grad, then: Some((xv, mx, &out)) })
             })
         })
     })?;
@@ -1166,12 +1170,13 @@ pub struct BiasStep<'a> {
 
 /// CPU dense step with the gradient `aᵀ·b` followed by the product
 /// `x · param` with the stepped parameter (`param` `[m, n]`, `x` `[mx, m]`,
-/// `out` `[mx, n]`). Each thread takes a run of whole [`OUTER_BLOCK`]-row
+/// the result `[mx, n]`). Each thread takes a run of whole [`OUTER_BLOCK`]-row
 /// blocks; per block it computes the gradient, steps the block and
 /// multiplies it into its share of the product while the block is in
 /// cache, so the parameter is read from memory once for the step and the
 /// product instead of once each. The shares are added in thread order
-/// (the product's sums depend on the thread count, as a split gemm's do).
+/// into the first one, which is the result (the product's sums depend on
+/// the thread count, as a split gemm's do).
 /// The parameters and state equal [`dense_outer_fused_cpu`]'s (the same
 /// blocks, the same gemm calls).
 pub fn dense_outer_fused_product_cpu(
@@ -1180,14 +1185,12 @@ pub fn dense_outer_fused_product_cpu(
     state: &mut [f32],
     g: OuterGrad<'_>,
     x: &[f32],
-    out: &mut [f32],
-) {
+    mx: usize,
+) -> Vec<f32> {
     let (k, m) = (g.k, g.m());
     let n = g.b.len() / k.max(1);
-    let mx = out.len() / n.max(1);
     if n == 0 || m == 0 {
-        out.fill(0.0);
-        return;
+        return vec![0f32; mx * n];
     }
     let plain = plain_adagrad(rule);
     let blocks = m.div_ceil(OUTER_BLOCK);
@@ -1220,27 +1223,28 @@ pub fn dense_outer_fused_product_cpu(
             share
         })
         .collect();
-    add_shares(out, &shares);
+    let mut shares = shares.into_iter();
+    let mut out = shares.next().unwrap_or_else(|| vec![0f32; mx * n]);
+    add_shares(&mut out, shares.as_slice());
+    out
 }
 
 /// Elements per task of [`add_shares`].
 const SHARE_CHUNK: usize = 8_192;
 
-/// `out = shares[0] + shares[1] + …`, each element summed in share order,
-/// by chunks on all threads: the values of a serial sum from zero in that
-/// order (which differs only in giving `+0` for a `−0` in a lone share).
-/// Done on one thread it was ≈ 30 µs of the other core's idle time per
-/// step at setting (b).
+/// `out += shares[0] + shares[1] + …`, each element summed in share
+/// order, by chunks on all threads (`out` holds the first share: the
+/// values of a serial sum from it in that order). Done on one thread it was
+/// ≈ 30 µs of the other core's idle time per step at setting (b); the
+/// first share was copied into a zeroed buffer until the twentieth session.
 fn add_shares(out: &mut [f32], shares: &[Vec<f32>]) {
-    let Some((first, rest)) = shares.split_first() else {
-        out.fill(0.0);
+    if shares.is_empty() {
         return;
-    };
+    }
     out.par_chunks_mut(SHARE_CHUNK).enumerate().for_each(|(c, o)| {
         let span = c * SHARE_CHUNK..c * SHARE_CHUNK + o.len();
         crate::simd::dispatch(|| {
-            o.copy_from_slice(&first[span.clone()]);
-            for share in rest {
+            for share in shares {
                 for (o, &v) in o.iter_mut().zip(&share[span.clone()]) {
                     *o += v;
                 }
