@@ -18,6 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use crate::act::{sigmoid_f32, tanh_f32};
+use crate::matmul::rows_per_task;
 use crate::optim::f32_slice as slice;
 
 /// Which fused stage.
@@ -65,21 +66,6 @@ fn check(what: &str, ls: [&Layout; 3], widths: [usize; 3], rows: usize, n: usize
     }
     Ok(())
 }
-
-/// Rows per task of a stage whose output is `rows × width` floats: all of
-/// them below [`PAR_ELEMS`], else an equal share per thread. At 480 units
-/// and 48 rows a stage on one thread left the other idle for 30–40 µs of a
-/// GRU4Rec step, three times per step.
-fn rows_per_task(rows: usize, width: usize) -> usize {
-    if rows * width < PAR_ELEMS {
-        rows.max(1)
-    } else {
-        rows.div_ceil(rayon::current_num_threads().max(1)).max(1)
-    }
-}
-
-/// Output elements from which a stage splits its rows between the threads.
-const PAR_ELEMS: usize = 16_384;
 
 /// CPU reference of one stage over `rows` rows of `n` units.
 fn stage_cpu(stage: Stage, a: &[f32], b: &[f32], c: &[f32], n: usize, out: &mut [f32]) {

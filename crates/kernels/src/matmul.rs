@@ -313,7 +313,7 @@ pub fn add_to_rows(t: &Tensor, bias: &Tensor) -> Result<Tensor> {
     };
     let src = &tv[tl.start_offset()..tl.start_offset() + rows * cols];
     let b = &bv[bl.start_offset()..bl.start_offset() + cols];
-    let per = if rows * cols < ADD_PAR_ELEMS { rows } else { rows.div_ceil(rayon::current_num_threads().max(1)) };
+    let per = rows_per_task(rows, cols);
     let mut out = vec![0f32; rows * cols];
     out.par_chunks_mut(per * cols).zip(src.par_chunks(per * cols)).for_each(|(o, x)| {
         crate::simd::dispatch(|| {
@@ -328,8 +328,21 @@ pub fn add_to_rows(t: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (rows, cols), t.device())
 }
 
-/// Elements from which [`add_to_rows`] splits its rows between the threads.
-const ADD_PAR_ELEMS: usize = 16_384;
+/// Rows per task of an element-wise pass whose output is `rows × width`
+/// floats ([`add_to_rows`], the fused GRU stages of `crate::gru`): all of
+/// them below [`PAR_ELEMS`], else an equal share per thread. At 480 units
+/// and 48 rows such a pass on one thread left the other idle for 30–40 µs
+/// of a GRU4Rec step, several times per step.
+pub(crate) fn rows_per_task(rows: usize, width: usize) -> usize {
+    if rows * width < PAR_ELEMS {
+        rows.max(1)
+    } else {
+        rows.div_ceil(rayon::current_num_threads().max(1)).max(1)
+    }
+}
+
+/// Output elements from which [`rows_per_task`] splits the rows between the threads.
+const PAR_ELEMS: usize = 16_384;
 
 /// Rows per task of [`gather_rows`].
 const GATHER_CHUNK: usize = 256;

@@ -838,10 +838,7 @@ pub fn sparse_step_outer(
     (a, b): (&Tensor, &Tensor),
     groups: &RowGroups,
 ) -> Result<()> {
-    let ((n, w), (k, _), (k2, w2)) = (rows.dims2()?, a.dims2()?, b.dims2()?);
-    if k != k2 || w != w2 {
-        bail!("sparse outer step: rows [{n}, {w}] and [{k}, _]ᵀ · [{k2}, {w2}] do not chain");
-    }
+    let (_, _, k, _) = outer_dims(rows, a, b)?;
     if groups.is_empty() {
         return Ok(());
     }
@@ -859,6 +856,19 @@ pub fn sparse_step_outer(
             })
         })
     })
+}
+
+/// The sizes `(n, width, k, m)` of a sparse gradient `[rows ‖ aᵀ·b]`
+/// (`rows` `[n, width]`, `a` `[k, m]`, `b` `[k, width]`).
+///
+/// # Errors
+/// Operands that are not 2-D or whose shapes do not chain.
+fn outer_dims(rows: &Tensor, a: &Tensor, b: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    let ((n, w), (k, m), (k2, w2)) = (rows.dims2()?, a.dims2()?, b.dims2()?);
+    if k != k2 || w != w2 {
+        bail!("sparse outer step: rows [{n}, {w}] and [{k}, _]ᵀ · [{k2}, {w2}] do not chain");
+    }
+    Ok((n, w, k, m))
 }
 
 /// [`sparse_step_outer`] and, in the same pass over the rows, the step of a
@@ -881,11 +891,8 @@ pub fn sparse_step_outer_with_bias(
     groups: &RowGroups,
     (bias, bias_state, bias_grad): (&Tensor, &Tensor, &Tensor),
 ) -> Result<()> {
-    let ((n, w), (k, m), (k2, w2)) = (rows.dims2()?, a.dims2()?, b.dims2()?);
+    let (n, w, k, m) = outer_dims(rows, a, b)?;
     let n_rows = param.dims().first().copied().unwrap_or(0);
-    if k != k2 || w != w2 {
-        bail!("sparse outer step: rows [{n}, {w}] and [{k}, _]ᵀ · [{k2}, {w2}] do not chain");
-    }
     if bias.elem_count() != n_rows || bias_state.elem_count() != 2 * n_rows || bias_grad.elem_count() != m {
         bail!(
             "sparse outer step with bias: a bias of {} values, state of {} and gradient of {} for {n_rows} rows and {m} product rows",
