@@ -686,11 +686,12 @@ impl Gru4Rec {
         let deferring = next.is_some();
         // Run as a closure so that what is held so far is stored even when an update fails.
         let update_all = || -> Result<()> {
+            let param_of = |name: &str| {
+                params.get(name).ok_or_else(|| ModelError::Invalid(format!("GRU4Rec: no parameter `{name}`")))
+            };
             let mut grads = grads.into_iter().peekable();
             while let Some(g) = grads.next() {
-                let Some(param) = params.get(&g.name) else {
-                    return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", g.name)));
-                };
+                let param = param_of(&g.name)?;
                 if let (Some(d), Grad::Product(a, b), None) = (next.as_mut(), &g.grad, &g.rows) {
                     // Every dense product-form gradient is a GRU weight's; one the
                     // next forward pass does not multiply is applied at its end.
@@ -710,15 +711,19 @@ impl Gru4Rec {
                             (Grad::Full(_), Some(tail)) => tail.len() == m && ids.ends_with(tail),
                             _ => false,
                         });
-                        match bias.as_ref().map(|bg| (bg, &bg.grad, params.get(&bg.name))) {
-                            Some((bg, Grad::Full(bias_grad), Some(bias))) => {
-                                let bias = (bg.name.as_str(), bias, bias_grad);
+                        match bias {
+                            Some(PendingGrad { name, grad: Grad::Full(bias_grad), .. }) => {
+                                let bias = (name.as_str(), param_of(&name)?, &bias_grad);
                                 opt.sparse_outer_with_bias((&g.name, param), given, (a, b), ids, bias)?;
                                 probe::mark("update: output table and bias");
                                 continue;
                             }
-                            Some((bg, ..)) => {
-                                return Err(ModelError::Invalid(format!("GRU4Rec: no parameter `{}`", bg.name)))
+                            // The condition above takes full gradients only.
+                            Some(other) => {
+                                return Err(ModelError::Invalid(format!(
+                                    "GRU4Rec: gradient of `{}` taken as a bias but not a full gradient",
+                                    other.name
+                                )))
                             }
                             None => opt.sparse_outer(&g.name, param, given, (a, b), ids)?,
                         }
