@@ -11,6 +11,7 @@
 //! - [`matmul`]: CPU matrix products whose thread count follows their size.
 //! - [`gru`]: the element-wise parts of a GRU step (original form), forward
 //!   and backward, fused into four ops.
+//! - [`rows`]: products with rows of a table picked by id, read in place (AVX-512).
 //! - [`rank`]: full-ranking rank counts (items above / equal to the target)
 //!   without a batch × catalogue score matrix.
 //! - [`pool`]: keeping rayon's workers awake through a loop of short parallel regions.
@@ -35,4 +36,5 @@ pub mod optim;
 pub mod pool;
 pub mod probe;
 pub mod rank;
+pub mod rows;
 pub mod simd;

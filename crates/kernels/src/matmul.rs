@@ -259,6 +259,92 @@ pub fn gather_rows(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     Tensor::from_vec(dst, (ids.len(), width), table.device())
 }
 
+/// Runs `f` on the contiguous f32 values of the CPU tensors `a` and `table`
+/// (`None` for other devices or dtypes).
+fn with_cpu_pair<R>(a: &Tensor, table: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<Option<R>> {
+    let cpu = matches!(a.device(), Device::Cpu) && matches!(table.device(), Device::Cpu);
+    if !cpu || a.dtype() != DType::F32 || table.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (a, table) = (a.contiguous()?, table.contiguous()?);
+    let (sa, la) = a.storage_and_layout();
+    let (st, lt) = table.storage_and_layout();
+    let (Storage::Cpu(candle_core::CpuStorage::F32(va)), Storage::Cpu(candle_core::CpuStorage::F32(vt))) = (&*sa, &*st)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(f(
+        &va[la.start_offset()..la.start_offset() + a.elem_count()],
+        &vt[lt.start_offset()..lt.start_offset() + table.elem_count()],
+    )))
+}
+
+/// Checks `ids` against a `[rows, w]` table and `a`'s columns against `want`.
+fn check_rows(what: &str, a: &Tensor, want: usize, table: &Tensor, ids: &[u32]) -> Result<(usize, usize)> {
+    let (m, k) = a.dims2()?;
+    let (rows, w) = table.dims2()?;
+    if k != want {
+        bail!("{what}: [{m}, {k}] against {want} columns expected");
+    }
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+        bail!("{what}: row {bad} outside a table of {rows} rows");
+    }
+    Ok((m, w))
+}
+
+/// `y · table[ids]ᵀ` appended to `dst` (`[m, ids.len()]` row-major; `y`
+/// `[m, w]`, the table `[rows, w]`): the scores of the picked rows. On a CPU
+/// with AVX-512 the rows are read in place ([`crate::rows::scores_of_rows`]),
+/// otherwise gathered and multiplied by gemm ([`gather_rows`],
+/// [`matmul_append`]).
+///
+/// # Errors
+/// Shapes that do not fit, an id outside the table, a failing candle op.
+pub fn scores_rows_append(y: &Tensor, table: &Tensor, ids: &[u32], dst: &mut Vec<f32>) -> Result<()> {
+    let w = table.dims2()?.1;
+    let (m, _) = check_rows("scores of rows", y, w, table, ids)?;
+    let n = ids.len();
+    let start = dst.len();
+    dst.resize(start + m * n, 0.0);
+    let done = with_cpu_pair(y, table, |yv, tv| crate::rows::scores_of_rows(yv, m, tv, w, ids, &mut dst[start..]))?;
+    if done != Some(true) {
+        dst.truncate(start);
+        matmul_append(y, &gather_rows(table, ids)?.t()?, dst)?;
+    }
+    Ok(())
+}
+
+/// `y · table[ids]ᵀ`, `[m, ids.len()]` ([`scores_rows_append`]; on other
+/// devices gathered and multiplied there).
+///
+/// # Errors
+/// As [`scores_rows_append`].
+pub fn scores_rows(y: &Tensor, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    if !matches!(y.device(), Device::Cpu) {
+        return matmul(y, &gather_rows(table, ids)?.t()?);
+    }
+    let mut out = Vec::new();
+    scores_rows_append(y, table, ids, &mut out)?;
+    Tensor::from_vec(out, (y.dim(0)?, ids.len()), y.device())
+}
+
+/// `d · table[ids]`, `[m, w]` (`d` `[m, ids.len()]`, the table `[rows, w]`):
+/// the gradient of the states through the picked rows. On a CPU with
+/// AVX-512 the rows are read in place ([`crate::rows::product_with_rows`]),
+/// otherwise gathered and multiplied ([`gather_rows`], [`matmul`]).
+///
+/// # Errors
+/// As [`scores_rows_append`].
+pub fn product_rows(d: &Tensor, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let (m, w) = check_rows("product with rows", d, ids.len(), table, ids)?;
+    let mut out = vec![0f32; m * w];
+    let done = with_cpu_pair(d, table, |dv, tv| crate::rows::product_with_rows(dv, m, tv, w, ids, &mut out))?;
+    if done == Some(true) {
+        return Tensor::from_vec(out, (m, w), d.device());
+    }
+    matmul(d, &gather_rows(table, ids)?)
+}
+
 /// The column sums of a 2-D tensor, `[cols]`: a bias gradient. On the CPU
 /// (f32) the rows are added in order into one running row, which vectorises;
 /// candle's reduction over dimension 0 walks each column with a stride and

@@ -708,9 +708,9 @@ impl OuterGrad<'_> {
 
     fn check(&self, width: usize, what: &str) -> Result<()> {
         if self.k == 0
-            || self.a.len() % self.k != 0
+            || !self.a.len().is_multiple_of(self.k)
             || self.b.len() != self.k * width
-            || self.rows.len() % width.max(1) != 0
+            || !self.rows.len().is_multiple_of(width.max(1))
         {
             bail!(
                 "{what}: a product gradient of {} + {} · {} elements does not make rows of {width} (k = {})",

@@ -70,7 +70,7 @@ impl BstShape {
         if self.len < 2 {
             return bad("len", format!("found {}, expected at least 2 (history and target)", self.len));
         }
-        if self.embedding == 0 || self.heads == 0 || self.embedding % self.heads != 0 {
+        if self.embedding == 0 || self.heads == 0 || !self.embedding.is_multiple_of(self.heads) {
             return bad(
                 "heads",
                 format!("{} heads must divide the embedding size {} (both > 0)", self.heads, self.embedding),

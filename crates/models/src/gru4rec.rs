@@ -38,7 +38,9 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use seqrec_data::rng::Rng;
 use seqrec_kernels::act::{sigmoid, tanh};
-use seqrec_kernels::matmul::{add_to_rows, column_sums, gather_rows, matmul as mm, matmul_append, matmul_pair};
+use seqrec_kernels::matmul::{
+    add_to_rows, column_sums, gather_rows, matmul as mm, matmul_pair, product_rows, scores_rows, scores_rows_append,
+};
 use seqrec_kernels::optim::{dense_step_outer, dense_step_outer_product, Rule};
 use seqrec_kernels::{gru, probe};
 use serde::{Deserialize, Serialize};
@@ -833,13 +835,16 @@ impl Gru4Rec {
         let (o_ids, col) = distinct(&out_ids, self.n_ids);
         probe::mark("ids");
         let n_distinct = o_ids.len();
+        // Whether the distinct columns are the output columns themselves (no
+        // repeats, and the ids already ascending): then the loss needs no map.
+        let in_order = col.iter().enumerate().all(|(i, &c)| c as usize == i);
         // The gathered input rows are an autograd leaf: their gradient has the batch's size.
         let input_table = match self.shape.input() {
             Input::Constrained => &self.wy,
             _ => self.input.as_ref().expect("one-hot and embedding modes have an input table"),
         };
         let x0 = gather_rows(input_table, batch.inputs)?;
-        let o = gather_rows(&self.wy, &o_ids)?;
+        // The output rows are read in place by the products below (no gathered copy).
         let bias = gather_rows(&self.by, &o_ids)?;
         probe::mark("gather rows");
         let held_over = deferred.is_some();
@@ -853,7 +858,7 @@ impl Gru4Rec {
         let (value, d_scores) = if !self.device_ops {
             // Written straight into the loss's input (no tensor copied out).
             let mut distinct_scores = Vec::with_capacity(rows * n_distinct);
-            matmul_append(&y, &o.t()?, &mut distinct_scores)?;
+            scores_rows_append(&y, &self.wy, &o_ids, &mut distinct_scores)?;
             probe::mark("forward: scores");
             let distinct_bias = bias.flatten_all()?.to_vec1::<f32>()?;
             let spec = seqrec_kernels::loss::LossSpec {
@@ -863,7 +868,7 @@ impl Gru4Rec {
                 batch_size: cfg.batch_size,
             };
             let mut d_scores = vec![0f32; rows * n_distinct];
-            let value = if n_distinct == n_out {
+            let value = if in_order {
                 seqrec_kernels::loss::sampled_loss_cpu(&spec, &distinct_scores, &distinct_bias, n_out, &mut d_scores)?
             } else {
                 seqrec_kernels::loss::sampled_loss_distinct_cpu(
@@ -883,11 +888,11 @@ impl Gru4Rec {
                 kind,
                 act,
                 cfg.batch_size,
-                &mm(&y, &o.t()?)?.index_select(&col, 1)?,
+                &scores_rows(&y, &self.wy, &o_ids)?.index_select(&col, 1)?,
                 &bias.index_select(&col, 0)?,
                 lp.as_ref().map(|lp| (lp, cfg.logq)),
             )?;
-            let d_scores = if n_distinct == n_out {
+            let d_scores = if in_order {
                 d_scores
             } else {
                 Tensor::zeros((rows, n_distinct), DType::F32, &self.device)?.index_add(&col, &d_scores, 1)?
@@ -900,7 +905,7 @@ impl Gru4Rec {
         let mut out = Vec::new();
         if product_form {
             // dO = dSᵀ·y stays in product form for the optimiser.
-            let d_y = mm(&d_scores, &o)?;
+            let d_y = product_rows(&d_scores, &self.wy, &o_ids)?;
             probe::mark("backward: dS·O");
             let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, true, &mut out)?;
             probe::mark("backward: GRU layers");
@@ -922,7 +927,7 @@ impl Gru4Rec {
             return Ok((value, out));
         }
         // Materialised (`gradients`, and training on other devices).
-        let (d_o, d_y) = matmul_pair(&d_scores.t()?, &y, &d_scores, &o)?;
+        let (d_o, d_y) = (mm(&d_scores.t()?, &y)?, product_rows(&d_scores, &self.wy, &o_ids)?);
         let dx = self.backward_layers(&caches, embed_mask.as_ref(), d_y, false, &mut out)?;
         match self.shape.input() {
             Input::Constrained => {
@@ -1030,9 +1035,13 @@ fn poisoned() -> ModelError {
     ModelError::Invalid("GRU4Rec: a thread panicked while updating the weights".into())
 }
 
-/// The distinct ids of `ids` in order of first appearance, and for each
-/// position of `ids` the index of its id among them. Ids are below `n_ids`
-/// (checked by the caller).
+/// The distinct ids of `ids` in ascending order, and for each position of
+/// `ids` the index of its id among them. Ids are below `n_ids` (checked by
+/// the caller). Ascending, so that the products and the optimiser's step
+/// (which takes rows in id order) split the rows between the threads alike
+/// and walk the table in address order: paired A/B at setting (b), 40,000
+/// items, ≈ 100 µs less in the step of the output table than in order of
+/// first appearance (twenty-first session).
 fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
     thread_local! {
         // slot[id]: the id's index among the distinct ones, u32::MAX when not seen;
@@ -1045,17 +1054,18 @@ fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
             slot.resize(n_ids, u32::MAX);
         }
         let mut uniq = Vec::with_capacity(ids.len());
-        let col = ids
-            .iter()
-            .map(|&id| {
-                let s = &mut slot[id as usize];
-                if *s == u32::MAX {
-                    *s = uniq.len() as u32;
-                    uniq.push(id);
-                }
-                *s
-            })
-            .collect();
+        for &id in ids {
+            let s = &mut slot[id as usize];
+            if *s == u32::MAX {
+                *s = 0;
+                uniq.push(id);
+            }
+        }
+        uniq.sort_unstable();
+        for (i, &id) in uniq.iter().enumerate() {
+            slot[id as usize] = i as u32;
+        }
+        let col = ids.iter().map(|&id| slot[id as usize]).collect();
         for &id in &uniq {
             slot[id as usize] = u32::MAX;
         }
@@ -1278,12 +1288,47 @@ mod tests {
     }
 
     #[test]
-    fn distinct_ids_keep_their_first_appearance() {
+    fn distinct_ids_are_ascending_and_mapped_back() {
         let (uniq, col) = distinct(&[4, 1, 4, 7, 1, 4], 9);
-        assert_eq!(uniq, [4, 1, 7]);
-        assert_eq!(col, [0, 1, 0, 2, 1, 0]);
+        assert_eq!(uniq, [1, 4, 7]);
+        assert_eq!(col, [1, 0, 1, 2, 0, 1]);
         // the scratch slots are cleared: a second call sees nothing of the first
         assert_eq!(distinct(&[7, 7], 9), (vec![7], vec![0, 0]));
+    }
+
+    /// The training loss is the cross-entropy of the full scores (`score_all`,
+    /// computed apart from the training path) at the batch's columns
+    /// `[targets ‖ samples]`, the positive of row i in column i, recomputed
+    /// in f64 here: with ids in no particular order, with and without
+    /// repeated columns, on the CPU path and the device path.
+    #[test]
+    fn the_training_loss_is_the_cross_entropy_of_the_full_scores() {
+        let n_ids = 12usize;
+        for device_ops in [false, true] {
+            for (targets, samples) in
+                [([9u32, 3, 5], vec![11u32, 2, 7, 4]), ([9, 3, 5], vec![11, 3, 2, 11, 9]), ([6, 6, 1], vec![])]
+            {
+                let mut model = Gru4Rec::new(shape(vec![5], 0, true), n_ids, 4, &Device::Cpu).unwrap();
+                model.set_device_ops(device_ops);
+                let inputs = [8u32, 1, 10];
+                let cfg = StepConfig { loss: Loss::CrossEntropy, logq: 0.0, batch_size: 4 };
+                let batch = TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: None };
+                let got = loss_of(&model, batch, &model.zero_state(3).unwrap(), &cfg);
+                let mut state = model.zero_state(3).unwrap();
+                let full = model.score_all(&inputs, &mut state).unwrap().to_vec2::<f32>().unwrap();
+                let cols: Vec<u32> = targets.iter().chain(&samples).copied().collect();
+                let want: f64 = (0..3)
+                    .map(|i| {
+                        let s: Vec<f64> = cols.iter().map(|&c| f64::from(full[i][c as usize])).collect();
+                        let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                        -((s[i] - max).exp() / z + seqrec_kernels::loss::LOG_EPSILON).ln()
+                    })
+                    .sum::<f64>()
+                    / 4.0;
+                assert!((got - want).abs() < 1e-5, "{targets:?} {samples:?}, device ops {device_ops}: {got} vs {want}");
+            }
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl RatingBatch {
         if self.user_features.iter().any(|f| f.len() != n) {
             bad.push("user_features");
         }
-        if n > 0 && self.genres.len() % n != 0 {
+        if n > 0 && !self.genres.len().is_multiple_of(n) {
             bad.push("genres");
         }
         if bad.is_empty() {

@@ -60,7 +60,7 @@ impl SasRecShape {
                 return bad(format!("key `{key}`: found 0, expected a positive number"));
             }
         }
-        if self.embedding % self.heads != 0 {
+        if !self.embedding.is_multiple_of(self.heads) {
             return bad(format!("key `heads`: {} does not divide the embedding {}", self.heads, self.embedding));
         }
         if !(0.0..1.0).contains(&self.dropout) {

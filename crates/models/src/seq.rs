@@ -91,7 +91,9 @@ impl SeqBatch {
     /// # Errors
     /// [`ModelError::Invalid`] naming the row and position.
     pub fn check(&self, n_ids: usize, model_len: usize) -> Result<()> {
-        if self.len != model_len || self.inputs.len() != self.targets.len() || self.inputs.len() % self.len.max(1) != 0
+        if self.len != model_len
+            || self.inputs.len() != self.targets.len()
+            || !self.inputs.len().is_multiple_of(self.len.max(1))
         {
             return Err(ModelError::Invalid(format!(
                 "sequence batch of width {} ({} inputs, {} targets), the model reads windows of {model_len}",

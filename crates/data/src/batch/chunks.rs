@@ -288,7 +288,7 @@ mod tests {
         let parts = random_parts(&mut rng, &store);
         let order = random_order(&mut rng, &store);
         let select = [Part::Train];
-        let masked = seed % 2 == 0;
+        let masked = seed.is_multiple_of(2);
         let targets = if masked { Targets::of(&parts, &select) } else { Targets::All };
         let cfg = config(1 + rng.below(7) as usize, 1 + rng.below(6) as usize);
         let len = cfg.len;

@@ -277,14 +277,14 @@ mod tests {
         let store = random_store(&mut rng, seed);
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Train];
-        let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
+        let targets = if seed.is_multiple_of(2) { Targets::of(&parts, &select) } else { Targets::All };
         let n_neg = rng.below(3) as usize;
         let cfg = PairsConfig {
             batch_size: 1 + rng.below(10) as usize,
             n_neg,
             exclude_seen: seed % 4 < 2,
             max_tries: 200,
-            shuffle: seed % 3 == 0,
+            shuffle: seed.is_multiple_of(3),
             seed,
         };
         let mut p = Pairs::new(&store, targets, n_items, &cfg).unwrap();

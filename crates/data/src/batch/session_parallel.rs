@@ -260,7 +260,7 @@ mod tests {
         let parts = random_parts(&mut rng, &store);
         let order = random_order(&mut rng, &store);
         let select = [Part::Train, Part::Valid];
-        let masked = seed % 2 == 0;
+        let masked = seed.is_multiple_of(2);
         let targets = if masked { Targets::of(&parts, &select) } else { Targets::All };
         let width = 1 + rng.below(6) as usize;
         let config = SessionParallelConfig { batch_size: width };

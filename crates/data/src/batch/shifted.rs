@@ -260,11 +260,11 @@ mod tests {
         let store = random_store(&mut rng, seed);
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Train, Part::Valid];
-        let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
+        let targets = if seed.is_multiple_of(2) { Targets::of(&parts, &select) } else { Targets::All };
         let len = 1 + rng.below(8) as usize;
         let cfg = ShiftedConfig {
             len,
-            stride: if seed % 3 == 0 { 0 } else { rng.below(len as u64) as usize + 1 },
+            stride: if seed.is_multiple_of(3) { 0 } else { rng.below(len as u64) as usize + 1 },
             batch_size: 1 + rng.below(10) as usize,
             shuffle: seed % 4 < 2,
             seed,

@@ -40,7 +40,7 @@ pub fn random_store(rng: &mut Rng, seed: u64) -> SequenceStore {
     if seed % 2 == 1 {
         store.ratings = Some((0..n).map(|_| 1.0 + rng.below(5) as f32).collect());
     }
-    if seed % 3 == 0 {
+    if seed.is_multiple_of(3) {
         store.labels = Some((0..n).map(|_| rng.below(3) as i8 - 1).collect());
     }
     store

@@ -249,11 +249,11 @@ mod tests {
         let store = random_store(&mut rng, seed);
         let parts = random_parts(&mut rng, &store);
         let select = [Part::Test];
-        let targets = if seed % 2 == 0 { Targets::of(&parts, &select) } else { Targets::All };
+        let targets = if seed.is_multiple_of(2) { Targets::of(&parts, &select) } else { Targets::All };
         let cfg = WindowsConfig {
             len: 1 + rng.below(8) as usize,
             batch_size: 1 + rng.below(10) as usize,
-            skip_first: seed % 3 != 0,
+            skip_first: !seed.is_multiple_of(3),
             shuffle: seed % 4 < 2,
             seed,
         };
