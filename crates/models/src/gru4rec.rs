@@ -1044,24 +1044,44 @@ fn poisoned() -> ModelError {
 /// first appearance (twenty-first session).
 fn distinct(ids: &[u32], n_ids: usize) -> (Vec<u32>, Vec<u32>) {
     thread_local! {
-        // slot[id]: the id's index among the distinct ones, u32::MAX when not seen;
-        // every slot set below is cleared again before returning.
-        static SLOT: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+        // slot[id]: the id's index among the distinct ones; seen: one bit per
+        // id. Both are returned to u32::MAX / 0 before returning.
+        static SCRATCH: std::cell::RefCell<(Vec<u32>, Vec<u64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    SLOT.with(|slot| {
-        let mut slot = slot.borrow_mut();
+    SCRATCH.with(|scratch| {
+        let (slot, seen) = &mut *scratch.borrow_mut();
         if slot.len() < n_ids {
             slot.resize(n_ids, u32::MAX);
+            seen.resize(n_ids.div_ceil(64), 0);
         }
-        let mut uniq = Vec::with_capacity(ids.len());
+        let mut count = 0;
         for &id in ids {
-            let s = &mut slot[id as usize];
-            if *s == u32::MAX {
-                *s = 0;
-                uniq.push(id);
-            }
+            let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+            count += usize::from(seen[word] & bit == 0);
+            seen[word] |= bit;
         }
-        uniq.sort_unstable();
+        let mut uniq = Vec::with_capacity(count);
+        let words = n_ids.div_ceil(64);
+        if words <= 8 * ids.len() {
+            // Ascending by a scan of the bits (GRU4Rec: 625 words for 40,000
+            // items against ≈ 2,000 ids; a sort was ≈ 20 µs of the step).
+            for (w, word) in seen[..words].iter_mut().enumerate() {
+                let mut bits = std::mem::take(word);
+                while bits != 0 {
+                    uniq.push((w * 64) as u32 + bits.trailing_zeros());
+                    bits &= bits - 1;
+                }
+            }
+        } else {
+            for &id in ids {
+                let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+                if seen[word] & bit != 0 {
+                    seen[word] &= !bit;
+                    uniq.push(id);
+                }
+            }
+            uniq.sort_unstable();
+        }
         for (i, &id) in uniq.iter().enumerate() {
             slot[id as usize] = i as u32;
         }
@@ -1294,6 +1314,10 @@ mod tests {
         assert_eq!(col, [1, 0, 1, 2, 0, 1]);
         // the scratch slots are cleared: a second call sees nothing of the first
         assert_eq!(distinct(&[7, 7], 9), (vec![7], vec![0, 0]));
+        // a catalogue much larger than the ids: sorted instead of scanned
+        let ids = [70_000u32, 5, 130_000, 5, 64, 63];
+        assert_eq!(distinct(&ids, 200_000), (vec![5, 63, 64, 70_000, 130_000], vec![3, 0, 4, 0, 2, 1]));
+        assert_eq!(distinct(&[64, 63, 64], 200_000), (vec![63, 64], vec![1, 0, 1]));
     }
 
     /// The training loss is the cross-entropy of the full scores (`score_all`,
