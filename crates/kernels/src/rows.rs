@@ -228,14 +228,17 @@ unsafe fn scores_tile<const C: usize>(
             }
         }
     }
-    if let Some((ahead, ak, len)) = ahead {
-        for &p in ahead {
-            for line in (0..len).step_by(LANES) {
-                _mm_prefetch::<{ _MM_HINT_T0 }>(p.add(ak + line).cast());
-            }
-        }
-    }
+    // The prefetches spread over the loop, one line every other position
+    // (a burst of 64 at the tile's start waits for fill buffers).
+    let (ahead, ak, lines) = match ahead {
+        Some((rows, ak, len)) => (rows, ak, TILE_ROWS * len.div_ceil(LANES)),
+        None => (rows, 0, 0),
+    };
     for k in 0..kn {
+        if k % 2 == 0 && k / 2 < lines {
+            let l = k / 2;
+            _mm_prefetch::<{ _MM_HINT_T0 }>(ahead[l % TILE_ROWS].add(ak + l / TILE_ROWS * LANES).cast());
+        }
         let mut b = [_mm512_setzero_ps(); C];
         for (c, b) in b.iter_mut().enumerate() {
             *b = _mm512_loadu_ps(yt.add(k * TILE_LANES + c * LANES));
