@@ -199,6 +199,11 @@ struct Layer {
     b: Tensor,
     /// `[h]` bias inside the reset product (`reset_after` only).
     bhn: Option<Tensor>,
+    /// `[2h]` recurrent biases `[r | z]` (`reset_after` only), added to
+    /// `b`'s: `torch.nn.GRUCell` has a bias on each side of the gates, each
+    /// stepped by the optimiser, which moves their sum twice as far as one
+    /// bias would; kept so that the form is theirs step for step.
+    brz: Option<Tensor>,
     size: usize,
 }
 
@@ -416,8 +421,12 @@ impl Gru4Rec {
             let b = Tensor::zeros(3 * h, DType::F32, dev)?;
             // As the authors' port: a one-hot first layer keeps the original form.
             let one_hot_first = i == 0 && shape.input() == Input::OneHot;
-            let bhn = if shape.reset_after && !one_hot_first { Some(Tensor::zeros(h, DType::F32, dev)?) } else { None };
-            layers.push(Layer { wx, wrz, wh, b, bhn, size: h });
+            let (bhn, brz) = if shape.reset_after && !one_hot_first {
+                (Some(Tensor::zeros(h, DType::F32, dev)?), Some(Tensor::zeros(2 * h, DType::F32, dev)?))
+            } else {
+                (None, None)
+            };
+            layers.push(Layer { wx, wrz, wh, b, bhn, brz, size: h });
             fan_in = h;
         }
         let wy = glorot_blocks(&mut rng, n_ids, n_ids, d_out, 1, dev)?;
@@ -540,6 +549,10 @@ impl Gru4Rec {
                 }
                 // Reset after the product: rh holds h·Uc + b'.
                 Some(bhn) => {
+                    let vrz = match &layer.brz {
+                        Some(brz) => vrz.broadcast_add(brz)?,
+                        None => vrz,
+                    };
                     let r = sigmoid(&(vx.narrow(1, h, h)? + vrz.narrow(1, 0, h)?)?)?;
                     let z = sigmoid(&(vx.narrow(1, 2 * h, h)? + vrz.narrow(1, h, h)?)?)?;
                     let vhn = product(format!("layer{i}.wh"), &layer.wh, &prev)?.broadcast_add(bhn)?;
@@ -618,6 +631,9 @@ impl Gru4Rec {
                 }
             };
             let d_rz = Tensor::cat(&[&dar, &daz], 1)?;
+            if layer.brz.is_some() {
+                out.push(PendingGrad::dense(format!("layer{i}.brz"), Grad::Full(column_sums(&d_rz)?)));
+            }
             let dvx = Tensor::cat(&[&dac, &d_rz], 1)?;
             out.push(PendingGrad::dense(format!("layer{i}.b"), Grad::Full(column_sums(&dvx)?)));
             d = match &layer.wx {
@@ -1103,6 +1119,9 @@ fn layer_vars(layer: &Layer) -> Vec<(&'static str, &Tensor)> {
     v.push(("b", &layer.b));
     if let Some(bhn) = &layer.bhn {
         v.push(("bhn", bhn));
+    }
+    if let Some(brz) = &layer.brz {
+        v.push(("brz", brz));
     }
     v
 }
