@@ -5,7 +5,7 @@ Builds their `GRU4RecModel` (constrained embedding by default, so every
 hidden layer is a `torch.nn.GRUCell`), initialises it as their `fit` does
 (compatibility mode), then runs `--steps` mini-batches of random inputs,
 targets and shared extra samples through their forward pass, their
-cross-entropy loss and their `IndexedAdagradM`, the hidden state carried
+loss (cross-entropy, or BPR-max with their ELU) and their `IndexedAdagradM`, the hidden state carried
 from step to step and detached, as in their training loop. Writes an
 `.npz` with the initial parameters (`init.*`), the batches, the loss of
 every step and the parameters after the last step (`final.*`), all in
@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--logq", type=float, default=0.0)
     ap.add_argument("--embedding", type=int, default=0)
     ap.add_argument("--constrained", type=int, default=1)
+    ap.add_argument("--loss", default="cross-entropy", choices=["cross-entropy", "bpr-max"])
+    ap.add_argument("--bpreg", type=float, default=1.0)
+    ap.add_argument("--elu", type=float, default=0.5, help="bpr-max only: their elu_param (the final activation)")
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
     sys.path.insert(0, a.ref)
@@ -46,14 +49,16 @@ def main():
     layers = [int(x) for x in a.layers.split("/")]
     model = GRU4RecModel(a.items, layers, 0.0, 0.0, a.embedding, bool(a.constrained))
     model._reset_weights_to_compatibility_mode()
-    gru = GRU4Rec(layers=layers, loss="cross-entropy", batch_size=a.batch, logq=a.logq, device=torch.device("cpu"))
+    gru = GRU4Rec(layers=layers, loss=a.loss, batch_size=a.batch, logq=a.logq, bpreg=a.bpreg,
+                  elu_param=a.elu, device=torch.device("cpu"))
     rng = np.random.default_rng(a.seed)
     # Popularities for logQ: positive counts per item.
     pop = rng.integers(1, 50, size=a.items).astype(np.float32)
     gru.P0 = torch.tensor(pop)
     gru.sample_alpha = 0.5
     out = {"pop": pop, "lr": np.float32(a.lr), "momentum": np.float32(a.momentum),
-           "logq": np.float32(a.logq), "batch": np.int64(a.batch)}
+           "logq": np.float32(a.logq), "batch": np.int64(a.batch),
+           "bpr_max": np.int64(a.loss == "bpr-max"), "bpreg": np.float32(a.bpreg), "elu": np.float32(a.elu)}
     for name, p in model.named_parameters():
         out["init." + name] = p.detach().numpy().copy()
     opt = IndexedAdagradM(model.parameters(), a.lr, a.momentum)
@@ -75,7 +80,7 @@ def main():
         model.zero_grad()
         Y = torch.tensor(np.concatenate([y, s]))
         R = model.forward(torch.tensor(x), H, Y, training=True)
-        L = gru.xe_loss_with_softmax(R, Y, a.batch) / a.batch
+        L = gru.loss_function(R, Y, a.batch) / a.batch
         L.backward()
         if step == 0:
             for name, p in model.named_parameters():

@@ -122,12 +122,18 @@ fn start(f: &Fixture, layers: Vec<usize>, constrained: bool, embedding: usize) -
         constrained_embedding: constrained,
         dropout_p_embed: 0.0,
         dropout_p_hidden: 0.0,
-        final_act: FinalAct::Linear,
+        final_act: if bpr_max(f) { FinalAct::Elu(f.f32("elu")) } else { FinalAct::Linear },
         reset_after: true,
     };
     let mut model = Gru4Rec::new(shape, n_ids, 1, &Device::Cpu).unwrap();
     model.load_tensors(&theirs_as_ours(f, "init.", &layers), Path::new("fixture")).unwrap();
     Run { model, layers, n_ids }
+}
+
+/// Whether the fixture's loss is their BPR-max (with their ELU as the final
+/// activation) rather than cross-entropy.
+fn bpr_max(f: &Fixture) -> bool {
+    f.get("bpr_max").to_dtype(DType::I64).unwrap().to_scalar::<i64>().unwrap() == 1
 }
 
 fn batch_ids(f: &Fixture, step: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
@@ -149,7 +155,7 @@ fn check(name: &str, layers: Vec<usize>, constrained: bool, embedding: usize) {
     let mut run = start(&f, layers, constrained, embedding);
     let logq = f.f32("logq");
     let cfg = StepConfig {
-        loss: Loss::CrossEntropy,
+        loss: if bpr_max(&f) { Loss::BprMax { bpreg: f.f32("bpreg") } } else { Loss::CrossEntropy },
         logq,
         batch_size: f.get("batch").to_dtype(DType::I64).unwrap().to_scalar::<i64>().unwrap() as usize,
     };
@@ -241,6 +247,11 @@ fn constrained_embedding_matches_the_authors_step_for_step() {
 #[test]
 fn two_layers_with_logq_match_the_authors_step_for_step() {
     check("gru4rec_ref_constrained_2l_logq.npz", vec![8, 8], true, 0);
+}
+
+#[test]
+fn bpr_max_with_elu_matches_the_authors_step_for_step() {
+    check("gru4rec_ref_bpr_max.npz", vec![8], true, 0);
 }
 
 #[test]
