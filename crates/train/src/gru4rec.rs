@@ -288,7 +288,7 @@ pub fn train(cfg: &Gru4RecConfig, data: &Dataset, run: &RunDir, opts: &TrainOpti
             }
             state.steps += 1;
             state.samples_served += u64::from(cfg.n_sample > 0);
-            loss_sum += f64::from(l) * rows as f64;
+            loss_sum += step_loss_sum(l, cfg.batch_size);
             events += rows;
             progress.add(rows);
             prev_rows = rows;
@@ -525,4 +525,29 @@ pub fn recommend(
         }
     }
     Ok(Recommendations { sessions: out.into_iter().flatten().collect(), skipped_events, skipped_sessions })
+}
+
+/// The summed per-target loss of a step whose loss came divided by the
+/// configured batch size (as the authors'). The epoch's `loss` is these
+/// sums over the targets: the mean loss per training target, whatever the
+/// rows of the shrinking last steps. The authors' log averages the step
+/// losses instead, which counts a short step's smaller sum as a whole
+/// step and so reads lower by ≈ (short steps / steps) × the mean loss
+/// (docs/benchmarks.md).
+fn step_loss_sum(step_loss: f32, batch_size: usize) -> f64 {
+    f64::from(step_loss) * batch_size as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_loss_sum;
+
+    #[test]
+    fn the_epoch_loss_is_the_mean_per_target_whatever_the_short_steps() {
+        // batch size 4: a full step of per-target losses summing to 8 (step
+        // loss 8 / 4 = 2), a short step of 2 rows summing to 2 (step loss 0.5)
+        let sum = step_loss_sum(2.0, 4) + step_loss_sum(0.5, 4);
+        let mean = sum / 6.0;
+        assert!((mean - 10.0 / 6.0).abs() < 1e-12, "{mean}");
+    }
 }
