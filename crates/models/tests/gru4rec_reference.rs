@@ -8,8 +8,10 @@
 //! our `reset_after` form: `c = tanh(x·Wc + b_c + r ⊙ (h·Uc + b'))`. Their
 //! layout maps onto ours as: `weight_ih` `[3h, in]` in gate order r, z, n
 //! → our `wx` `[in, 3h]` in order c, r, z (transposed); `weight_hh` →
-//! `wrz` and `wh`; `bias_ih` → `b`, `bias_hh`'s candidate part → `bhn`;
-//! item ids are ours minus one (our id 0 is padding). `torch.nn.GRUCell`
+//! `wrz` and `wh`; `bias_ih` → `b`, `bias_hh` → `brz` (gates) and `bhn`
+//! (candidate); their one-hot first layer (`GRUEmbedding`) is our original
+//! form in our layout already; item ids are ours minus one (our id 0 is
+//! padding). `torch.nn.GRUCell`
 //! also mixes the other way round, `h' = (1 − z) ⊙ n + z ⊙ h`, where we
 //! (and the original GRU4Rec) take `h' = (1 − z) ⊙ h + z ⊙ c`: the same
 //! function with the update gate's pre-activation negated, so their
