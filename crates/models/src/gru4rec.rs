@@ -1020,10 +1020,18 @@ impl Gru4Rec {
 
     /// Overwrites every parameter with the tensors of `saved` (same names and shapes).
     ///
+    /// A reset-after checkpoint written before the second gate bias
+    /// (`layer{i}.brz`) existed loads with that bias zero: the same function
+    /// it was saved as.
+    ///
     /// # Errors
     /// A missing name or a shape that differs, naming both.
     pub fn load_tensors(&mut self, saved: &BTreeMap<String, Tensor>, source: &Path) -> Result<()> {
         for (name, mine) in self.named_tensors()? {
+            if name.ends_with(".brz") && !saved.contains_key(&name) {
+                mine.slice_set(&mine.zeros_like()?, 0, 0)?;
+                continue;
+            }
             let Some(t) = saved.get(&name) else {
                 return Err(ModelError::Invalid(format!(
                     "{}: checkpoint lacks tensor `{name}`, expected the parameters of this model",
@@ -1741,6 +1749,38 @@ mod tests {
         let mut b = Gru4Rec::new(shape(vec![4], 0, false), 12, 1, &Device::Cpu).unwrap();
         let err = b.load_tensors(&a.named_tensors().unwrap(), Path::new("best.safetensors")).unwrap_err().to_string();
         assert!(err.contains("best.safetensors") && err.contains("another dataset"), "{err}");
+    }
+
+    #[test]
+    fn a_reset_after_checkpoint_without_the_second_gate_bias_loads_as_the_same_function() {
+        let sh = Gru4RecShape { reset_after: true, ..shape(vec![4], 0, true) };
+        let mut a = Gru4Rec::new(sh.clone(), 9, 1, &Device::Cpu).unwrap();
+        // a trained-looking model: nonzero biases everywhere
+        let mut saved: BTreeMap<String, Tensor> =
+            a.named_tensors().unwrap().into_iter().map(|(k, t)| (k, t.copy().unwrap())).collect();
+        for (name, t) in saved.iter_mut() {
+            if name.ends_with(".b") || name.ends_with(".bhn") {
+                *t = (t.ones_like().unwrap() * 0.3).unwrap();
+            }
+        }
+        // written before `brz` existed
+        saved.remove("layer0.brz");
+        a.load_tensors(&saved, Path::new("old.safetensors")).unwrap();
+        let mut b = Gru4Rec::new(sh, 9, 2, &Device::Cpu).unwrap();
+        b.named_tensors().unwrap()["layer0.brz"]
+            .slice_set(&Tensor::ones(8, DType::F32, &Device::Cpu).unwrap(), 0, 0)
+            .unwrap();
+        b.load_tensors(&saved, Path::new("old.safetensors")).unwrap();
+        let brz = b.named_tensors().unwrap()["layer0.brz"].to_vec1::<f32>().unwrap();
+        assert!(brz.iter().all(|&x| x == 0.0), "{brz:?}");
+        let inputs = [1u32, 5, 8];
+        let (mut sa, mut sb) = (a.zero_state(3).unwrap(), b.zero_state(3).unwrap());
+        let (ya, yb) = (a.score_all(&inputs, &mut sa).unwrap(), b.score_all(&inputs, &mut sb).unwrap());
+        assert_eq!(ya.to_vec2::<f32>().unwrap(), yb.to_vec2::<f32>().unwrap());
+        // other missing tensors are still errors
+        saved.remove("layer0.bhn");
+        let err = b.load_tensors(&saved, Path::new("old.safetensors")).unwrap_err().to_string();
+        assert!(err.contains("layer0.bhn"), "{err}");
     }
 
     #[test]
