@@ -76,19 +76,22 @@ fn ours(store: &SequenceStore, batch_size: usize) -> Vec<SessionStep> {
     out
 }
 
-fn fixture_ok(batch_size: usize, store: &SequenceStore, want: &[Step], one_event: bool) {
+/// Their steps and ours over one fixture, checked to be a fixture of the
+/// case meant (one-event sessions or not) that reaches the shrinking end.
+fn replay(name: &str, one_event: bool) -> (Vec<Step>, Vec<SessionStep>) {
+    let (batch_size, store, want) = read(name);
     assert!(batch_size > 0 && !want.is_empty() && store.n_seq() > batch_size);
     assert!(want.iter().any(|s| s.inputs.len() < batch_size), "the fixture should reach the shrinking end");
     let has_one_event = (0..store.n_seq()).any(|s| store.range(s).len() == 1);
     assert_eq!(has_one_event, one_event, "the fixture's sessions");
+    let got = ours(&store, batch_size);
+    assert_eq!(got.len(), want.len(), "steps in the epoch");
+    (want, got)
 }
 
 #[test]
 fn steps_match_the_authors_session_data_iterator_row_for_row() {
-    let (batch_size, store, want) = read("session_parallel_ref_min2.txt");
-    fixture_ok(batch_size, &store, &want, false);
-    let got = ours(&store, batch_size);
-    assert_eq!(got.len(), want.len(), "steps in the epoch");
+    let (want, got) = replay("session_parallel_ref_min2.txt", false);
     for (i, (w, s)) in want.iter().zip(&got).enumerate() {
         let (inputs, targets, reset, keep) = (&s.inputs, &s.targets, &s.reset, &s.keep);
         assert_eq!(inputs, &w.inputs, "step {i}: inputs");
@@ -104,10 +107,7 @@ fn steps_match_the_authors_session_data_iterator_row_for_row() {
 
 #[test]
 fn steps_hold_the_authors_rows_with_one_event_sessions_too() {
-    let (batch_size, store, want) = read("session_parallel_ref.txt");
-    fixture_ok(batch_size, &store, &want, true);
-    let got = ours(&store, batch_size);
-    assert_eq!(got.len(), want.len(), "steps in the epoch");
+    let (want, got) = replay("session_parallel_ref.txt", true);
     let sorted = |mut v: Vec<(u32, u32, bool)>| {
         v.sort_unstable();
         v

@@ -67,9 +67,8 @@ fn pad_row(t: &Tensor) -> Tensor {
     Tensor::cat(&[&Tensor::zeros((1, d), DType::F32, t.device()).unwrap(), t], 0).unwrap()
 }
 
-/// Their parameters (prefix `init.`, `final.` or `grad0.`) in our names and layout.
-/// The GRU biases come back as `(b_ih, b_hh)` pairs: their sum is our `b`
-/// for the gates, `b_hh`'s candidate part our `bhn`.
+/// Their parameters (prefix `init.`, `final.` or `grad0.`) in our names and
+/// layout (the mapping of the module comment).
 fn theirs_as_ours(f: &Fixture, prefix: &str, layers: &[usize]) -> BTreeMap<String, Tensor> {
     let mut out = BTreeMap::new();
     out.insert("wy".to_owned(), pad_row(f.get(&format!("{prefix}Wy.weight"))));
@@ -143,27 +142,46 @@ fn bpr_max(f: &Fixture) -> bool {
     f.has("bpr_max") && f.get("bpr_max").to_dtype(DType::I64).unwrap().to_scalar::<i64>().unwrap() == 1
 }
 
-fn batch_ids(f: &Fixture, step: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-    (f.ids(&format!("step{step}.inputs")), f.ids(&format!("step{step}.targets")), f.ids(&format!("step{step}.samples")))
+/// The ids of one recorded step and, with logQ, the log popularity of each
+/// output column as their correction takes it: targets `log pop`, samples
+/// `alpha · log pop` (`P0[Y[M:]] ** sample_alpha`, alpha 0.5 in `one_step.py`).
+struct StepIds {
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    samples: Vec<u32>,
+    log_pop: Option<Vec<f32>>,
 }
 
-/// log popularity of each output column as their logQ correction takes it:
-/// targets `log pop`, samples `alpha · log pop` (`P0[Y[M:]] ** sample_alpha`).
-fn log_pop(f: &Fixture, targets: &[u32], samples: &[u32]) -> Vec<f32> {
-    let pop = f.get("pop").to_vec1::<f32>().unwrap();
-    let alpha = 0.5f32;
-    let mut v: Vec<f32> = targets.iter().map(|&t| pop[t as usize - 1].ln()).collect();
-    v.extend(samples.iter().map(|&s| alpha * pop[s as usize - 1].ln()));
-    v
+impl StepIds {
+    fn read(f: &Fixture, step: usize) -> StepIds {
+        let ids = |what: &str| f.ids(&format!("step{step}.{what}"));
+        let (inputs, targets, samples) = (ids("inputs"), ids("targets"), ids("samples"));
+        let log_pop = (f.f32("logq") > 0.0).then(|| {
+            let pop = f.get("pop").to_vec1::<f32>().unwrap();
+            let alpha = 0.5f32;
+            let mut v: Vec<f32> = targets.iter().map(|&t| pop[t as usize - 1].ln()).collect();
+            v.extend(samples.iter().map(|&s| alpha * pop[s as usize - 1].ln()));
+            v
+        });
+        StepIds { inputs, targets, samples, log_pop }
+    }
+
+    fn batch(&self) -> TrainBatch<'_> {
+        TrainBatch {
+            inputs: &self.inputs,
+            targets: &self.targets,
+            samples: &self.samples,
+            log_pop: self.log_pop.as_deref(),
+        }
+    }
 }
 
 fn check(name: &str, layers: Vec<usize>, constrained: bool, embedding: usize) {
     let f = Fixture::read(&fixture(name));
     let mut run = start(&f, layers, constrained, embedding);
-    let logq = f.f32("logq");
     let cfg = StepConfig {
         loss: if bpr_max(&f) { Loss::BprMax { bpreg: f.f32("bpreg") } } else { Loss::CrossEntropy },
-        logq,
+        logq: f.f32("logq"),
         batch_size: f.get("batch").to_dtype(DType::I64).unwrap().to_scalar::<i64>().unwrap() as usize,
     };
     let losses = f.get("losses").to_vec1::<f32>().unwrap();
@@ -171,11 +189,8 @@ fn check(name: &str, layers: Vec<usize>, constrained: bool, embedding: usize) {
     let mut rng = Rng::new(0);
 
     // Step 0: loss and every gradient.
-    let (inputs, targets, samples) = batch_ids(&f, 0);
-    let lp = log_pop(&f, &targets, &samples);
-    let batch =
-        TrainBatch { inputs: &inputs, targets: &targets, samples: &samples, log_pop: (logq > 0.0).then_some(&lp[..]) };
-    let (loss, grads) = run.model.gradients(batch, &mut state.clone(), &cfg, &mut rng).unwrap();
+    let first = StepIds::read(&f, 0);
+    let (loss, grads) = run.model.gradients(first.batch(), &mut state.clone(), &cfg, &mut rng).unwrap();
     assert!(
         (loss - losses[0]).abs() <= 1e-5 * (1.0 + losses[0].abs()),
         "{name} step 0: loss {loss} vs theirs {}",
@@ -215,15 +230,8 @@ fn check(name: &str, layers: Vec<usize>, constrained: bool, embedding: usize) {
     let momentum = f.f32("momentum");
     let mut opt = Optimizer::new(OptimizerKind::Adagrad, lr, momentum).unwrap();
     for (step, &want_loss) in losses.iter().enumerate() {
-        let (inputs, targets, samples) = batch_ids(&f, step);
-        let lp = log_pop(&f, &targets, &samples);
-        let batch = TrainBatch {
-            inputs: &inputs,
-            targets: &targets,
-            samples: &samples,
-            log_pop: (logq > 0.0).then_some(&lp[..]),
-        };
-        let loss = run.model.train_step(batch, &mut state, &cfg, &mut opt, &mut rng).unwrap();
+        let ids = StepIds::read(&f, step);
+        let loss = run.model.train_step(ids.batch(), &mut state, &cfg, &mut opt, &mut rng).unwrap();
         eprintln!("{name} step {step}: loss {loss} theirs {want_loss}");
         assert!(
             (loss - want_loss).abs() <= 1e-4 * (1.0 + want_loss.abs()),
