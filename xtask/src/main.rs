@@ -1,4 +1,4 @@
-//! The workshop: `cargo xtask train | test | bench | data | ci`.
+//! The workshop: `cargo xtask train | tune | test | bench | data | ci`.
 //!
 //! Each task shells out to cargo and to the `seqrec` binary (built in
 //! release), so what xtask does is exactly what a user can do by hand.
@@ -8,6 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod tune;
+
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
@@ -16,6 +18,11 @@ tasks:
                      generate, prepare, train GRU4Rec (configs/gru4rec-synth.toml
                      unless CONFIG), print Recall@20 / MRR@20 beside the oracle and
                      the baselines, write runs/gru4rec-synth/summary.json
+  tune [GRID]        a hyper-parameter search for the main job: trains each trial of
+                     GRID (configs/tune/gru4rec-synth.toml unless given) on the
+                     synthetic sessions with a validation day, ranks the trials by
+                     the validation metric, prints their test metrics beside it and
+                     writes target/tune/<GRID>.json
   test               every test of the workspace (what CI runs)
   bench [NAME] [--quick] [ARGS...]
                      benchmarks (NAME: ingest | gru4rec | rating | next-item | kt | all; default all); --quick runs
@@ -37,6 +44,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(root()).context("entering the workspace root")?;
     match task.as_str() {
         "train" => train(rest),
+        "tune" => tune::tune(rest),
         "test" => test(rest),
         "bench" => bench(rest),
         "data" => seqrec(&[&["data"], &strs(rest)[..]].concat()),
@@ -108,8 +116,11 @@ fn wants_cuda(args: &[&str]) -> bool {
         || args.iter().any(|a| a.starts_with("--device=cuda"))
 }
 
+/// Where `cargo xtask train` and `tune` generate the default synthetic sessions.
+const SYNTH_SESSIONS: &str = "target/synth/sessions";
+
 fn train(rest: &[String]) -> Result<()> {
-    let data = "target/synth/sessions";
+    let data = SYNTH_SESSIONS;
     let prepared = "target/prepared/synth-sessions";
     let run_dir = "runs/gru4rec-synth";
     seqrec(&["data", "synth", "sessions", "--out", data])?;
