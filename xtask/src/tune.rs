@@ -305,6 +305,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_grid_parses_and_names_files_that_exist() {
+        let root = crate::root();
+        let g = parse_grid(&root.join(DEFAULT_GRID)).unwrap();
+        assert!(root.join(&g.base).is_file(), "{}", g.base);
+        assert!(root.join(&g.data).is_file(), "{}", g.data);
+        assert!(g.trials.len() >= 20 && g.trials[0].name == "base" && g.trials[0].keys.is_empty());
+    }
+
+    #[test]
     fn bad_grids_name_the_key_or_the_trial() {
         let cases = [
             ("data = \"d.toml\"\n[[trial]]\nname = \"a\"\n".to_owned(), "key `base`"),
