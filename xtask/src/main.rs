@@ -130,19 +130,8 @@ fn train(rest: &[String]) -> Result<()> {
     seqrec(&["train", "--data", prepared, "--run", run_dir, "--config", config])?;
     let baselines = seqrec_output(&["baseline", "--data", prepared, "--json"])?;
     let baselines: serde_json::Value = serde_json::from_str(&baselines).context("parsing `seqrec baseline --json`")?;
-    let read_json = |path: &Path| -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(serde_json::from_str(&text)?)
-    };
     let oracle = read_json(&Path::new(data).join("oracle.json"))?;
     let results = read_json(&Path::new(run_dir).join("results.json"))?;
-    let at20 = |m: &serde_json::Value, key: &str| -> f64 {
-        m["at"]
-            .as_array()
-            .and_then(|a| a.iter().find(|x| x["k"] == 20))
-            .and_then(|x| x[key].as_f64())
-            .unwrap_or(f64::NAN)
-    };
     let test = &results["test"];
     let summary = serde_json::json!({
         "recall@20": at20(test, "recall"),
@@ -173,6 +162,17 @@ fn train(rest: &[String]) -> Result<()> {
     row("most popular", &summary["most_popular_recall@20"], &summary["most_popular_mrr@20"]);
     println!("summary: {}", path.display());
     Ok(())
+}
+
+/// Reads a JSON file that `seqrec` wrote.
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// The value at cut-off 20 of `key` in a metrics object (`{"at": [{"k": .., key: ..}]}`), NaN when absent.
+fn at20(m: &serde_json::Value, key: &str) -> f64 {
+    m["at"].as_array().and_then(|a| a.iter().find(|x| x["k"] == 20)).and_then(|x| x[key].as_f64()).unwrap_or(f64::NAN)
 }
 
 /// Runs the release `seqrec` and returns its stdout (stderr passes through).

@@ -20,8 +20,9 @@
 //! ```
 //!
 //! Each trial's config (the base table, then `common`'s keys, then the
-//! trial's own, each replacing what was there) is written to `target/tune/<grid>/<name>.toml` and trained with
-//! `seqrec train` into `runs/tune/<grid>/<name>`; a trial whose config text
+//! trial's own, each replacing what was there) is written to
+//! `target/tune/<grid>/<name>.toml` and trained with `seqrec train` into
+//! `runs/tune/<grid>/<name>`; a trial whose config text
 //! is unchanged and whose run finished is not trained again. The trials are
 //! ranked by the base's validation metric (the best epoch's value, the
 //! weights kept), and their test metrics are printed beside it, so a choice
@@ -33,7 +34,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{seqrec, SYNTH_SESSIONS};
+use crate::{at20, read_json, seqrec, SYNTH_SESSIONS};
 
 /// The grid used when none is given.
 const DEFAULT_GRID: &str = "configs/tune/gru4rec-synth.toml";
@@ -49,6 +50,8 @@ struct Trial {
 #[derive(Debug)]
 struct Outcome {
     name: String,
+    /// The trial's merged config.
+    config: PathBuf,
     valid: f64,
     best_epoch: u64,
     epochs: u64,
@@ -78,8 +81,8 @@ struct Grid {
     base: String,
     /// Path of the dataset recipe.
     data: String,
-    /// `Some("sessions")`: generate the synthetic sessions first.
-    generate: Option<String>,
+    /// `generate = "sessions"`: generate the synthetic sessions first.
+    generate_sessions: bool,
     /// Keys every trial sets.
     common: toml::Table,
     trials: Vec<Trial>,
@@ -93,12 +96,11 @@ fn parse_grid(path: &Path) -> Result<Grid> {
     let data = take_str(&mut grid, "data", path)?.with_context(|| {
         format!("{}: key `data` (a dataset recipe with a validation part) is missing", path.display())
     })?;
-    let generate = take_str(&mut grid, "generate", path)?;
-    if let Some(g) = &generate {
-        if g != "sessions" {
-            bail!("{}: key `generate`: expected \"sessions\", found \"{g}\"", path.display());
-        }
-    }
+    let generate_sessions = match take_str(&mut grid, "generate", path)?.as_deref() {
+        None => false,
+        Some("sessions") => true,
+        Some(g) => bail!("{}: key `generate`: expected \"sessions\", found \"{g}\"", path.display()),
+    };
     let common = match grid.remove("common") {
         None => toml::Table::new(),
         Some(toml::Value::Table(t)) => t,
@@ -138,7 +140,7 @@ fn parse_grid(path: &Path) -> Result<Grid> {
             );
         }
     }
-    Ok(Grid { base, data, generate, common, trials: out })
+    Ok(Grid { base, data, generate_sessions, common, trials: out })
 }
 
 /// The base config, then the common keys, then the trial's, each replacing what was there.
@@ -150,14 +152,9 @@ fn trial_config(base: &toml::Table, common: &toml::Table, trial: &Trial) -> toml
     config
 }
 
-/// The value at cut-off 20 of `key` in a metrics object (`{"at": [{"k": .., key: ..}]}`).
-fn at20(m: &serde_json::Value, key: &str) -> f64 {
-    m["at"].as_array().and_then(|a| a.iter().find(|x| x["k"] == 20)).and_then(|x| x[key].as_f64()).unwrap_or(f64::NAN)
-}
-
 pub fn tune(rest: &[String]) -> Result<()> {
     let grid_path = PathBuf::from(rest.first().map_or(DEFAULT_GRID, String::as_str));
-    let Grid { base: base_path, data: recipe, generate, common, trials } = parse_grid(&grid_path)?;
+    let Grid { base: base_path, data: recipe, generate_sessions, common, trials } = parse_grid(&grid_path)?;
     let base = read_table(Path::new(&base_path))?;
     let metric = match base.get("valid_metric") {
         Some(toml::Value::String(m)) => m.clone(),
@@ -166,7 +163,7 @@ pub fn tune(rest: &[String]) -> Result<()> {
     let stem = grid_path.file_stem().and_then(|s| s.to_str()).context("grid file name")?.to_owned();
     let recipe_stem = Path::new(&recipe).file_stem().and_then(|s| s.to_str()).context("recipe file name")?.to_owned();
     let prepared = format!("target/prepared/{recipe_stem}");
-    if generate.is_some() {
+    if generate_sessions {
         seqrec(&["data", "synth", "sessions", "--out", SYNTH_SESSIONS])?;
     }
     seqrec(&["data", "prepare", &recipe, "--out", &prepared])?;
@@ -196,14 +193,13 @@ pub fn tune(rest: &[String]) -> Result<()> {
             seqrec(&["train", "--data", &prepared, "--run", &run, "--config", &cfg])?;
             seconds = Some(start.elapsed().as_secs_f64());
         }
-        let results: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&results_path).with_context(|| format!("reading {}", results_path.display()))?,
-        )?;
+        let results = read_json(&results_path)?;
         let valid = results["best_valid"].as_f64().with_context(|| {
             format!("{}: no validation value (does {recipe} split off a validation part?)", results_path.display())
         })?;
         outcomes.push(Outcome {
             name: trial.name.clone(),
+            config: config_path,
             valid,
             best_epoch: results["best_epoch"].as_u64().unwrap_or(0),
             epochs: results["epochs"].as_u64().unwrap_or(0),
@@ -249,7 +245,7 @@ pub fn tune(rest: &[String]) -> Result<()> {
         "chosen": outcomes.first().map(|o| o.name.clone()),
         "trials": outcomes.iter().map(|o| serde_json::json!({
             "name": o.name,
-            "config": config_dir.join(format!("{}.toml", o.name)),
+            "config": o.config,
             "valid": o.valid,
             "best_epoch": o.best_epoch,
             "epochs": o.epochs,
@@ -262,11 +258,7 @@ pub fn tune(rest: &[String]) -> Result<()> {
     std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| format!("writing {}", out.display()))?;
     if let Some(best) = outcomes.first() {
-        println!(
-            "chosen on validation: `{}` ({})",
-            best.name,
-            config_dir.join(format!("{}.toml", best.name)).display()
-        );
+        println!("chosen on validation: `{}` ({})", best.name, best.config.display());
     }
     println!("results: {}", out.display());
     Ok(())
@@ -294,7 +286,7 @@ mod tests {
             "{HEAD}[common]\nn_epochs = 20\nseed = 7\n[[trial]]\nname = \"a\"\n[[trial]]\nname = \"b.2\"\nlayers = [200]\nseed = 1\n"
         ))
         .unwrap();
-        assert_eq!((g.base.as_str(), g.data.as_str(), g.generate), ("b.toml", "d.toml", None));
+        assert_eq!((g.base.as_str(), g.data.as_str(), g.generate_sessions), ("b.toml", "d.toml", false));
         let names: Vec<&str> = g.trials.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "b.2"]);
         let base: toml::Table = "layers = [100]\nloss = \"bpr-max\"\nn_epochs = 10\n".parse().unwrap();
